@@ -1,0 +1,3 @@
+from hoopcli.cli import main
+
+main()

@@ -1,0 +1,99 @@
+"""One exception family for every failure a user can see.
+
+Each error carries what happened, what to do about it, and a documented exit code; the CLI
+renders them in exactly one place (`cli.main`), so no command prints a traceback.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """The exit codes hoop documents in the README. `hoop exec` returns the child's own code."""
+
+    OK = 0
+    ERROR = 1  # anything not covered below
+    USAGE = 2  # bad flags, bad config value, bad input
+    NOT_LOGGED_IN = 3  # no session, session expired and cannot be refreshed, token refused (407)
+    DENIED = 4  # identity not allowed (403), statement or approval denied
+    APPROVAL_PENDING = 5  # a statement is held until an approver decides
+    UNREACHABLE = 6  # gateway, IdP, Vault, AWS or the target cannot be reached (502)
+    NOT_FOUND = 7  # unknown connection or profile (404)
+    CONFIG = 8  # configuration missing or invalid
+    BROKER = 9  # a credential broker refused or failed
+    INTERRUPTED = 130  # Ctrl-C
+
+
+class HoopError(Exception):
+    """A failure with a one-line message, a hint and an exit code."""
+
+    exit_code: ExitCode = ExitCode.ERROR
+    default_hint: str = ""
+
+    def __init__(self, message: str, hint: str | None = None, *, exit_code: ExitCode | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint if hint is not None else self.default_hint
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+    def to_json(self) -> dict:
+        return {
+            "error": self.message,
+            "hint": self.hint,
+            "exit_code": int(self.exit_code),
+            "kind": type(self).__name__,
+        }
+
+
+class UsageError(HoopError):
+    exit_code = ExitCode.USAGE
+
+
+class ConfigError(HoopError):
+    exit_code = ExitCode.CONFIG
+    default_hint = "Check `hoop config show` and set the missing value with `hoop config set KEY VALUE`."
+
+
+class NotLoggedIn(HoopError):
+    exit_code = ExitCode.NOT_LOGGED_IN
+    default_hint = "Run `hoop login` (in another terminal if a tunnel is running)."
+
+
+class AuthError(HoopError):
+    """The identity provider refused or could not be used."""
+
+    exit_code = ExitCode.NOT_LOGGED_IN
+
+
+class KeyringUnavailable(HoopError):
+    exit_code = ExitCode.NOT_LOGGED_IN
+    default_hint = (
+        "Install a keyring backend (e.g. gnome-keyring and secretstorage), set "
+        "PYTHON_KEYRING_BACKEND, start `eval $(hoop agent)`, or pass a token in HOOP_TOKEN."
+    )
+
+
+class Denied(HoopError):
+    exit_code = ExitCode.DENIED
+
+
+class ApprovalPending(HoopError):
+    exit_code = ExitCode.APPROVAL_PENDING
+
+
+class Unreachable(HoopError):
+    exit_code = ExitCode.UNREACHABLE
+
+
+class NotFound(HoopError):
+    exit_code = ExitCode.NOT_FOUND
+
+
+class BrokerError(HoopError):
+    exit_code = ExitCode.BROKER
+
+
+class Interrupted(HoopError):
+    exit_code = ExitCode.INTERRUPTED
