@@ -1,0 +1,1 @@
+"""Session fixtures; filled in by its own change."""
