@@ -1,0 +1,56 @@
+"""The token set hoop keeps per profile, and reading claims out of a JWT."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+
+REFRESH_MARGIN_SECONDS = 60
+
+
+@dataclass
+class TokenSet:
+    id_token: str
+    access_token: str = ""
+    refresh_token: str = ""
+    # Unix time when the id_token (the token hoop presents to the gateway) expires.
+    expires_at: float = 0.0
+    issuer: str = ""
+    # Where this session lives: "env", "ci", "agent", "keyring"; not persisted.
+    source: str = field(default="", compare=False)
+
+    def needs_refresh(self, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        return self.expires_at - now < REFRESH_MARGIN_SECONDS
+
+    @property
+    def bearer(self) -> str:
+        """The token hoop presents to the gateway and to Vault/STS: the id_token (see README)."""
+        return self.id_token
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data.pop("source")
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "") -> "TokenSet":
+        data = json.loads(text)
+        known = {k: data[k] for k in ("id_token", "access_token", "refresh_token", "expires_at", "issuer") if k in data}
+        return cls(**known, source=source)
+
+    @classmethod
+    def from_bearer(cls, token: str, source: str) -> "TokenSet":
+        claims = unverified_claims(token)
+        return cls(id_token=token, expires_at=float(claims.get("exp", 0) or 0), issuer=str(claims.get("iss", "")), source=source)
+
+
+def unverified_claims(token: str) -> dict:
+    """Claims for display and expiry only; the gateway does the real verification."""
+    import jwt
+
+    try:
+        return jwt.decode(token, options={"verify_signature": False, "verify_exp": False, "verify_aud": False})
+    except jwt.PyJWTError:
+        return {}
