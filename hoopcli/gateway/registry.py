@@ -1,0 +1,88 @@
+"""Registered connections and who may use them. The gateway only ever dials these targets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hoopcli.gateway.identity import Identity
+
+PROTOCOLS = ("postgres", "mysql", "tcp")
+DEFAULT_PORTS = {"postgres": 5432, "mysql": 3306}
+
+
+@dataclass(frozen=True)
+class Connection:
+    name: str
+    protocol: str
+    host: str
+    port: int
+    subjects: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    description: str = ""
+    database: str = ""
+    # What the client needs to get credentials (broker kind, role, ...): never a secret.
+    credentials: dict = field(default_factory=dict)
+    # The statement policy table (see gateway/policy.py), or None for "record only".
+    policy: dict | None = None
+
+    def allows(self, identity: Identity) -> bool:
+        return identity.sub in self.subjects or bool(set(identity.groups) & set(self.groups))
+
+    def public(self) -> dict:
+        """What `GET /api/connections` shows a caller who may use it (the target stays private)."""
+        return {
+            "name": self.name,
+            "protocol": self.protocol,
+            "description": self.description,
+            "database": self.database,
+            "credentials": self.credentials or {"broker": "none"},
+            "gated": bool(self.policy),
+        }
+
+
+class Registry:
+    def __init__(self, connections: dict[str, Connection]):
+        self.connections = connections
+
+    def get(self, name: str) -> Connection | None:
+        return self.connections.get(name)
+
+    def visible_to(self, identity: Identity) -> list[Connection]:
+        return [c for c in self.connections.values() if c.allows(identity)]
+
+    @classmethod
+    def from_config(cls, table: dict) -> "Registry":
+        return cls({name: connection_from_config(name, entry) for name, entry in (table or {}).items()})
+
+
+def connection_from_config(name: str, entry: dict) -> Connection:
+    def fail(msg: str):
+        raise ValueError(f"connections.{name}: {msg}")
+
+    protocol = entry.get("protocol", "tcp")
+    if protocol not in PROTOCOLS:
+        fail(f"protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
+    target = entry.get("target")
+    if not target or not isinstance(target, str):
+        fail("target = \"host:port\" is required")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        fail(f"target must be host:port, not {target!r}")
+    subjects, groups = entry.get("subjects", []), entry.get("groups", [])
+    if not subjects and not groups:
+        fail("name at least one of subjects = [...] or groups = [...]: nobody may use it otherwise")
+    policy = entry.get("policy")
+    if policy == "default":
+        policy = {"rules": "default"}
+    return Connection(
+        name=name,
+        protocol=protocol,
+        host=host.strip("[]"),
+        port=int(port),
+        subjects=tuple(subjects),
+        groups=tuple(groups),
+        description=entry.get("description", ""),
+        database=entry.get("database", ""),
+        credentials=dict(entry.get("credentials", {})),
+        policy=policy,
+    )

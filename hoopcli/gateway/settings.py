@@ -1,0 +1,105 @@
+"""gateway.toml: listener, TLS, trusted issuers, audit store, exporters and the registry.
+
+Every problem is reported as a ValueError naming the field, turned into a ConfigError by
+the CLI before the gateway listens.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hoopcli.gateway.identity import TrustedIssuer
+from hoopcli.gateway.registry import Registry
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass
+class GatewaySettings:
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8443
+    tls_cert: str = ""
+    tls_key: str = ""
+    audit_store: str = "hoop-audit.db"
+    record_params: bool = False
+    approver_groups: tuple[str, ...] = ("approvers",)
+    auditor_groups: tuple[str, ...] = ("auditors",)
+    approval_window_seconds: int = 900
+    approval_webhook: str = ""
+    export_jsonl: str = ""
+    export_webhook: str = ""
+    issuers: list[TrustedIssuer] = field(default_factory=list)
+    registry: Registry = field(default_factory=lambda: Registry({}))
+    base_dir: Path = field(default_factory=Path.cwd)
+
+
+def load_settings(path: str | Path) -> GatewaySettings:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return settings_from_dict(raw, base_dir=path.parent)
+
+
+def settings_from_dict(raw: dict, base_dir: Path | None = None) -> GatewaySettings:
+    gw = raw.get("gateway", {})
+    base_dir = base_dir or Path.cwd()
+    listen = str(gw.get("listen", "127.0.0.1:8443"))
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"gateway.listen must be host:port, not {listen!r}")
+    approval = gw.get("approvals", {})
+    export = gw.get("export", {})
+    settings = GatewaySettings(
+        listen_host=host.strip("[]"),
+        listen_port=int(port),
+        tls_cert=_path(gw.get("tls_cert", ""), base_dir),
+        tls_key=_path(gw.get("tls_key", ""), base_dir),
+        audit_store=_store_url(gw.get("audit_store", "hoop-audit.db"), base_dir),
+        record_params=bool(gw.get("record_params", False)),
+        approver_groups=tuple(approval.get("approver_groups", ["approvers"])),
+        auditor_groups=tuple(gw.get("auditor_groups", ["auditors"])),
+        approval_window_seconds=int(approval.get("window_seconds", 900)),
+        approval_webhook=str(approval.get("webhook", "")),
+        export_jsonl=str(export.get("jsonl", "")),
+        export_webhook=str(export.get("webhook", "")),
+        issuers=[_issuer(i, n) for n, i in enumerate(raw.get("issuers", []))],
+        registry=Registry.from_config(raw.get("connections", {})),
+        base_dir=base_dir,
+    )
+    if not settings.issuers:
+        raise ValueError("at least one [[issuers]] entry is required (issuer, audiences)")
+    return settings
+
+
+def _issuer(entry: dict, n: int) -> TrustedIssuer:
+    if not entry.get("issuer"):
+        raise ValueError(f"issuers[{n}].issuer is required")
+    audiences = entry.get("audiences") or ([entry["audience"]] if entry.get("audience") else [])
+    if not audiences:
+        raise ValueError(f"issuers[{n}].audiences is required (e.g. [\"hoop-cli\"])")
+    return TrustedIssuer(
+        issuer=entry["issuer"].rstrip("/"),
+        audiences=tuple(audiences),
+        groups_claim=entry.get("groups_claim", "groups"),
+        ca_file=entry.get("ca_file", ""),
+        jwks_uri=entry.get("jwks_uri", ""),
+    )
+
+
+def _path(value: str, base: Path) -> str:
+    return str((base / value).resolve()) if value else ""
+
+
+def _store_url(value: str, base: Path) -> str:
+    if "://" in value:
+        return value
+    return str((base / value).resolve())
