@@ -145,6 +145,30 @@ def config_show(json_out: bool = JsonOpt) -> None:
     emit_json(data) if json_out else key_values(data)
 
 
+# ---- the gateway --------------------------------------------------------------------------
+
+
+@app.command()
+def gateway(
+    config: str = typer.Option("gateway.toml", "--config", "-c", help="Path to gateway.toml."),
+    dev_tls: Optional[str] = typer.Option(None, "--dev-tls", help="Make (or reuse) a development CA and server certificate in this folder."),
+    insecure_listen: bool = typer.Option(False, "--insecure-listen", help="Listen without TLS (127.0.0.1 only; for tests)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Run the gateway: TLS, CONNECT with bearer tokens, per-statement audit trail."""
+    from hoopcli.gateway.main import start_gateway
+    from hoopcli.output import emit_json, info
+
+    def ready(event: dict) -> None:
+        if json_out:
+            emit_json(event)
+        info(f"hoop gateway listening on {event['url']} (audit store: {event['audit_store']})")
+        if event.get("ca_file"):
+            info(f"Development CA: {event['ca_file']}  (pin it with `hoop config set ca_file {event['ca_file']}`)")
+
+    start_gateway(config, dev_tls, insecure_listen, ready)
+
+
 # ---- the error boundary -------------------------------------------------------------------
 
 

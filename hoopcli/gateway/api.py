@@ -1,0 +1,101 @@
+"""The gateway's small JSON API, on the same TLS port as the tunnel.
+
+GET  /healthz                              no auth
+GET  /api/connections                      connections the caller may use
+GET  /api/audit?sub=&connection=&since=&kind=&limit=   auditors only
+GET  /api/audit/verify                     auditors only
+GET  /api/approvals?status=                approvers see all; others their own
+POST /api/approvals/{id}/approve|deny      approvers only, never the requester
+
+Every call but /healthz needs `Authorization: Bearer <token>`, verified like a CONNECT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from urllib.parse import parse_qs, urlsplit
+
+from hoopcli.gateway.http import BadRequest, Request
+from hoopcli.gateway.identity import Identity, TokenRejected
+
+
+async def handle_api(gw, request: Request, body: bytes) -> tuple[int, object]:
+    url = urlsplit(request.target)
+    path, query = url.path.rstrip("/") or "/", {k: v[-1] for k, v in parse_qs(url.query).items()}
+    if path == "/healthz" and request.method == "GET":
+        return 200, {"ok": gw.audit_healthy(), "audit": "ok" if gw.audit_healthy() else "unavailable"}
+    if not path.startswith("/api/"):
+        raise BadRequest(404, f"no such endpoint {path}")
+    identity = await _identity(gw, request)
+    loop = asyncio.get_running_loop()
+    if path == "/api/connections" and request.method == "GET":
+        return 200, {"connections": [c.public() | {"port": c.port} for c in gw.registry.visible_to(identity)]}
+    if path == "/api/whoami" and request.method == "GET":
+        return 200, identity.public()
+    if path.startswith("/api/audit") and request.method == "GET":
+        _require_group(identity, gw.settings.auditor_groups, "read the audit trail")
+        if path == "/api/audit/verify":
+            report = await loop.run_in_executor(None, gw.store.verify)
+            return 200, {"ok": report.ok, "checked": report.checked, "problems": list(report.problems)}
+        if path == "/api/audit":
+            return 200, {"records": await loop.run_in_executor(None, lambda: _query(gw, query))}
+    if path == "/api/approvals" and request.method == "GET":
+        requests_ = gw.approvals.list(status=query.get("status"))
+        if not set(identity.groups) & set(gw.settings.approver_groups):
+            requests_ = [r for r in requests_ if r.sub == identity.sub]
+        return 200, {"approvals": [r.public() for r in requests_]}
+    if path.startswith("/api/approvals/") and request.method == "POST":
+        return _decide(gw, identity, path, body)
+    raise BadRequest(404, f"no such endpoint {request.method} {path}")
+
+
+async def _identity(gw, request: Request) -> Identity:
+    token = request.bearer("authorization")
+    if not token:
+        raise BadRequest(401, "missing bearer token in Authorization")
+    try:
+        return await asyncio.get_running_loop().run_in_executor(None, gw.verifier.verify, token)
+    except TokenRejected as exc:
+        raise BadRequest(401, str(exc)) from None
+
+
+def _require_group(identity: Identity, groups, what: str) -> None:
+    if not set(identity.groups) & set(groups):
+        raise BadRequest(403, f"{identity.label} may not {what} (needs one of the groups: {', '.join(groups)})")
+
+
+def _query(gw, query: dict) -> list[dict]:
+    limit = query.get("limit")
+    try:
+        return gw.store.query(
+            sub=query.get("sub") or None,
+            connection=query.get("connection") or None,
+            since=query.get("since") or None,
+            kind=query.get("kind") or None,
+            limit=int(limit) if limit else None,
+        )
+    except ValueError as exc:
+        raise BadRequest(400, str(exc)) from None
+
+
+def _decide(gw, identity: Identity, path: str, body: bytes):
+    parts = path.split("/")
+    if len(parts) != 5 or parts[4] not in ("approve", "deny"):
+        raise BadRequest(404, "use POST /api/approvals/{id}/approve or /deny")
+    request_id, decision = parts[3], parts[4]
+    try:
+        reason = str(json.loads(body or b"{}").get("reason", ""))
+    except (ValueError, AttributeError):
+        raise BadRequest(400, "body must be JSON: {\"reason\": \"...\"}") from None
+    action = gw.approvals.approve if decision == "approve" else gw.approvals.deny
+    try:
+        request = action(request_id, identity.sub, set(identity.groups), reason)
+    except KeyError:
+        raise BadRequest(404, f"no approval request {request_id}") from None
+    except PermissionError as exc:
+        raise BadRequest(403, str(exc)) from None
+    except ValueError as exc:
+        raise BadRequest(409, str(exc)) from None
+    gw.record_decision(request, identity, "approved" if decision == "approve" else "denied", reason)
+    return 200, request.public()

@@ -1,0 +1,172 @@
+"""Wires the gateway together: settings → identity, registry, policies, approvals, audit.
+
+`Gateway` is what the protocols in `server.py` and the handlers in `api.py` talk to; it owns
+no sockets itself. `run_gateway` runs it until SIGINT/SIGTERM and flushes the audit trail
+before returning, so a clean stop loses no record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+import time
+
+from hoopcli.gateway.identity import Identity, IdentityVerifier
+from hoopcli.gateway.protocols.base import Verdict
+from hoopcli.gateway.registry import Connection
+from hoopcli.gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+AUDIT_DOWN = Verdict("deny", message="hoop: the audit store is unavailable, so no statement is forwarded; try again shortly")
+
+
+class Gateway:
+    def __init__(self, settings: GatewaySettings, store=None):
+        from hoopcli.gateway.approvals import ApprovalBook
+        from hoopcli.gateway.audit import AuditWriter, open_store
+
+        self.settings = settings
+        self.registry = settings.registry
+        self.verifier = IdentityVerifier(settings.issuers)
+        self.store = store or open_store(settings.audit_store)
+        self.writer = AuditWriter(self.store, exporters=self._exporters())
+        self.submit = self.writer.submit
+        self.policies = self._policies()
+        self.approvals = ApprovalBook(
+            approver_groups=set(settings.approver_groups),
+            window_seconds=settings.approval_window_seconds,
+            on_request=self._approval_requested,
+        )
+        self.clients: set = set()
+
+    # ---- wiring ----------------------------------------------------------------------
+    def _exporters(self) -> list:
+        from hoopcli.gateway.audit import JsonLinesExporter, WebhookExporter
+
+        exporters = []
+        if self.settings.export_jsonl:
+            exporters.append(JsonLinesExporter(self.settings.export_jsonl))
+        if self.settings.export_webhook:
+            exporters.append(WebhookExporter(self.settings.export_webhook))
+        return exporters
+
+    def _policies(self) -> dict:
+        from hoopcli.gateway.policy import Policy
+
+        policies = {}
+        for conn in self.registry.connections.values():
+            if conn.policy:
+                try:
+                    policies[conn.name] = Policy.from_config(conn.policy)
+                except ValueError as exc:
+                    raise ValueError(f"connections.{conn.name}.policy: {exc}") from None
+        return policies
+
+    def audit_healthy(self) -> bool:
+        return self.writer.healthy
+
+    def engine_for(self, conn: Connection, identity: Identity):
+        gate = self._gate(conn, identity)
+        if conn.protocol == "postgres":
+            from hoopcli.gateway.protocols.postgres import PostgresEngine
+
+            return PostgresEngine(gate=gate, record_params=self.settings.record_params)
+        if conn.protocol == "mysql":
+            from hoopcli.gateway.protocols.mysql import MySQLEngine
+
+            return MySQLEngine(gate=gate, record_params=self.settings.record_params)
+        from hoopcli.gateway.protocols.tcp import TcpEngine
+
+        return TcpEngine()
+
+    def _gate(self, conn: Connection, identity: Identity):
+        """Every statement passes the audit-health check (no record, no statement); a
+        connection with a policy also passes its rules."""
+        writer = self.writer
+        policy = self.policies.get(conn.name)
+        if policy is None:
+            return lambda text: verdict_allow if writer.healthy else AUDIT_DOWN
+        from hoopcli.gateway.policy import make_gate
+
+        dialect = "mysql" if conn.protocol == "mysql" else "postgres"
+        policy_gate = make_gate(policy, self.approvals, identity, conn.name, dialect)
+        return lambda text: policy_gate(text) if writer.healthy else AUDIT_DOWN
+
+    def _approval_requested(self, request) -> None:
+        self.submit(
+            {
+                "kind": "approval_request",
+                "ts": time.time(),
+                "sub": request.sub,
+                "connection": request.connection,
+                "statement": request.statement,
+                "outcome": "pending",
+                "details": {"request_id": request.id, "categories": list(request.categories)},
+            }
+        )
+        if self.settings.approval_webhook:
+            from hoopcli.gateway.audit import WebhookExporter
+
+            WebhookExporter(self.settings.approval_webhook).export([{"event": "approval_request", **request.public()}])
+
+    def record_decision(self, request, approver: Identity, decision: str, reason: str) -> None:
+        self.submit(
+            {
+                "kind": "approval_decision",
+                "ts": time.time(),
+                "sub": approver.sub,
+                "email": approver.email,
+                "issuer": approver.issuer,
+                "connection": request.connection,
+                "statement": request.statement,
+                "outcome": decision,
+                "message": reason,
+                "details": {"request_id": request.id, "requester": request.sub},
+            }
+        )
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+verdict_allow = Verdict("allow")
+
+
+async def serve(gateway: Gateway, ssl_ctx: ssl.SSLContext | None, ready=None) -> None:
+    """Listen until cancelled or signalled; then close every session and flush the trail."""
+    from hoopcli.gateway.server import ClientSide
+
+    loop = asyncio.get_running_loop()
+    s = gateway.settings
+    server = await loop.create_server(lambda: ClientSide(gateway), s.listen_host, s.listen_port, ssl=ssl_ctx, backlog=512)
+    port = server.sockets[0].getsockname()[1]
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    if ready:
+        ready(port)
+    try:
+        await stop.wait()
+    finally:
+        server.close()
+        for client in list(gateway.clients):
+            client.close()
+        await asyncio.sleep(0.05)  # let the closing sessions record their ends
+        await loop.run_in_executor(None, gateway.close)
+
+
+def run_gateway(gateway: Gateway, ssl_ctx, ready=None) -> None:
+    from hoopcli.gateway.server import event_loop_policy
+
+    if event_loop_policy() == "uvloop":
+        import uvloop
+
+        uvloop.run(serve(gateway, ssl_ctx, ready))
+    else:
+        asyncio.run(serve(gateway, ssl_ctx, ready))

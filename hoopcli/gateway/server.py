@@ -1,0 +1,355 @@
+"""The gateway's event loop side: accept, CONNECT, relay. It owns every socket.
+
+One `ClientSide` protocol per accepted TLS connection reads an HTTP/1.1 head; a CONNECT for
+a registered connection, with a verified bearer token from an allowed identity, is dialled
+and then relayed byte for byte through that protocol's sans-io engine, which reports
+statements to the session's `SessionRecorder`. Anything else goes to the small JSON API.
+
+Relaying uses asyncio Protocols (no streams, no per-chunk `drain()`): the chunk a socket
+delivers is handed to the engine and its output written straight to the peer transport, with
+backpressure by pausing the reading side when the writing side's buffer fills up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import deque
+
+from hoopcli.gateway.http import (
+    CONNECT_OK,
+    BadRequest,
+    find_head_end,
+    parse_connect_authority,
+    parse_head,
+    response,
+)
+from hoopcli.gateway.identity import TokenRejected
+from hoopcli.gateway.protocols.base import (
+    ProtocolError,
+    SessionStarted,
+    StatementBlocked,
+    StatementFailed,
+    StatementFinished,
+    StatementStarted,
+    Verdict,
+)
+
+log = logging.getLogger(__name__)
+DIAL_TIMEOUT = 10.0
+_session_counter = itertools.count(1)
+
+
+def new_session_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def _nodelay(transport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+class SessionRecorder:
+    """Turns one session's engine events into audit records (statement, outcome, timing)."""
+
+    __slots__ = ("submit", "base", "pending", "db_user", "database", "statements")
+
+    def __init__(self, submit, base: dict):
+        self.submit = submit
+        self.base = base
+        self.pending: deque = deque()
+        self.db_user = None
+        self.database = None
+        self.statements = 0
+
+    def handle(self, events) -> None:
+        for event in events:
+            kind = type(event)
+            if kind is StatementStarted:
+                self.pending.append((event, time.time(), time.perf_counter()))
+            elif kind is StatementFinished:
+                self._finish("ok", tag=event.tag)
+            elif kind is StatementFailed:
+                self._finish("error", code=event.code, message=event.message)
+            elif kind is StatementBlocked:
+                self._blocked(event)
+            elif kind is SessionStarted:
+                self.db_user, self.database = event.db_user, event.database
+            elif kind is ProtocolError:
+                self.record("session_end", outcome="error", message=f"protocol error from {event.direction}: {event.reason}")
+
+    def _finish(self, outcome: str, tag=None, code=None, message=None) -> None:
+        if not self.pending:
+            return  # a response to something the engine did not report as a statement
+        event, started, t0 = self.pending.popleft()
+        self.statements += 1
+        details = {"kind": event.kind}
+        if event.params is not None:
+            details["params"] = list(event.params)
+        self.record(
+            "statement",
+            ts=started,
+            started_at=started,
+            statement=event.text,
+            duration_ms=round((time.perf_counter() - t0) * 1000, 3),
+            outcome=outcome,
+            tag=tag,
+            code=code,
+            message=message,
+            details=details,
+        )
+
+    def _blocked(self, event: StatementBlocked) -> None:
+        verdict: Verdict = event.verdict
+        self.record(
+            "statement",
+            statement=event.text,
+            outcome="held" if verdict.action == "hold" else "denied",
+            message=verdict.message,
+            details={"request_id": verdict.request_id, "rule": verdict.rule},
+        )
+
+    def record(self, kind: str, **fields) -> None:
+        rec = dict(self.base)
+        rec["kind"] = kind
+        rec["db_user"] = self.db_user
+        rec["database"] = self.database
+        rec["ts"] = time.time()
+        rec.update(fields)
+        self.submit(rec)
+
+
+class TargetSide(asyncio.Protocol):
+    """The gateway's connection to the registered target; hands bytes to the client side."""
+
+    __slots__ = ("client", "transport")
+
+    def __init__(self, client: "ClientSide"):
+        self.client = client
+        self.transport = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        _nodelay(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.client.from_server(data)
+
+    def pause_writing(self) -> None:
+        self.client.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.client.transport.resume_reading()
+
+    def connection_lost(self, exc) -> None:
+        self.client.target_lost(exc)
+
+
+class ClientSide(asyncio.Protocol):
+    def __init__(self, gateway):
+        self.gw = gateway
+        self.transport = None
+        self.buffer = bytearray()
+        self.mode = "head"  # head → handling → relay → closed
+        self.target: TargetSide | None = None
+        self.engine = None
+        self.recorder: SessionRecorder | None = None
+        self.peer = ""
+        self.started = 0.0
+        self.bytes_up = 0
+        self.bytes_down = 0
+
+    # ---- transport callbacks ----------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        _nodelay(transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else ""
+        self.gw.clients.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.mode == "relay":
+            self.from_client(data)
+            return
+        self.buffer += data
+        if self.mode != "head":
+            return
+        try:
+            end = find_head_end(self.buffer)
+        except BadRequest as exc:
+            self.refuse(exc.status, exc.reason)
+            return
+        if end < 0:
+            return
+        head = bytes(self.buffer[:end])
+        del self.buffer[:end]
+        self.mode = "handling"
+        self.transport.pause_reading()
+        asyncio.ensure_future(self._handle(head))
+
+    def pause_writing(self) -> None:
+        if self.target is not None and self.target.transport is not None:
+            self.target.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.target is not None and self.target.transport is not None:
+            self.target.transport.resume_reading()
+
+    def connection_lost(self, exc) -> None:
+        self.gw.clients.discard(self)
+        if self.target is not None and self.target.transport is not None:
+            self.target.transport.close()
+        self._end_session()
+        self.mode = "closed"
+
+    # ---- the relay (hot path) ---------------------------------------------------------
+    def from_client(self, data: bytes) -> None:
+        self.bytes_up += len(data)
+        out = self.engine.from_client(data)
+        if out.to_server:
+            self.target.transport.write(out.to_server)
+        if out.to_client:
+            self.transport.write(out.to_client)
+        if out.events:
+            self.recorder.handle(out.events)
+        if out.close:
+            self.close()
+
+    def from_server(self, data: bytes) -> None:
+        self.bytes_down += len(data)
+        out = self.engine.from_server(data)
+        if out.to_client:
+            self.transport.write(out.to_client)
+        if out.to_server:
+            self.target.transport.write(out.to_server)
+        if out.events:
+            self.recorder.handle(out.events)
+        if out.close:
+            self.close()
+
+    def target_lost(self, exc) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        if self.target is not None and self.target.transport is not None:
+            self.target.transport.close()
+
+    # ---- the request head -------------------------------------------------------------
+    async def _handle(self, head: bytes) -> None:
+        try:
+            request = parse_head(head)
+            if request.method == "CONNECT":
+                await self._connect(request)
+            else:
+                from hoopcli.gateway.api import handle_api
+
+                body = await self._read_body(request)
+                status, payload = await handle_api(self.gw, request, body)
+                self._respond(status, payload)
+        except BadRequest as exc:
+            self.refuse(exc.status, exc.reason)
+        except Exception:  # never let one bad request take anything else down
+            log.exception("request handling failed")
+            self.refuse(500, "internal error")
+
+    async def _read_body(self, request) -> bytes:
+        length = request.content_length
+        deadline = time.monotonic() + 10
+        self.transport.resume_reading()
+        while len(self.buffer) < length and self.mode != "closed":
+            if time.monotonic() > deadline:
+                raise BadRequest(400, "request body timed out")
+            await asyncio.sleep(0.005)
+        return bytes(self.buffer[:length])
+
+    async def _connect(self, request) -> None:
+        gw = self.gw
+        name, port = parse_connect_authority(request.target)
+        base = {"session_id": new_session_id(), "connection": name, "details": {"client": self.peer, "port": port}}
+        token = request.bearer("proxy-authorization")
+        if not token:
+            return self.refuse(407, "missing bearer token in Proxy-Authorization", base)
+        try:
+            identity = await asyncio.get_running_loop().run_in_executor(None, gw.verifier.verify, token)
+        except TokenRejected as exc:
+            return self.refuse(407, str(exc), base)
+        base.update(sub=identity.sub, email=identity.email, issuer=identity.issuer)
+        conn = gw.registry.get(name)
+        if conn is None or conn.port != port:
+            return self.refuse(404, f"no registered connection {name}:{port}", base)
+        if not conn.allows(identity):
+            return self.refuse(403, f"{identity.label} may not use {name}", base)
+        if not gw.audit_healthy():
+            return self.refuse(503, "the audit store is unavailable; sessions are refused until it is back", base)
+        if self.mode == "closed":
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            _, target = await asyncio.wait_for(loop.create_connection(lambda: TargetSide(self), conn.host, conn.port), DIAL_TIMEOUT)
+        except (OSError, asyncio.TimeoutError) as exc:
+            return self.refuse(502, f"target of {name} is unreachable ({type(exc).__name__})", base)
+        if self.mode == "closed":
+            target.transport.close()
+            return
+        self.target = target
+        self.engine = gw.engine_for(conn, identity)
+        self.recorder = SessionRecorder(gw.submit, {k: v for k, v in base.items() if k != "details"})
+        self.started = time.time()
+        self.recorder.record("connect", outcome="ok", code="200", details=base["details"])
+        self.transport.write(CONNECT_OK)
+        self.mode = "relay"
+        if self.buffer:
+            early = bytes(self.buffer)
+            self.buffer.clear()
+            self.from_client(early)
+        self.transport.resume_reading()
+
+    def refuse(self, status: int, reason: str, base: dict | None = None) -> None:
+        """Answer with a status and a JSON reason, record the attempt, close."""
+        record = dict(base or {"session_id": new_session_id(), "details": {"client": self.peer}})
+        record.update(kind="connect", ts=time.time(), outcome="refused", code=str(status), message=reason)
+        self.gw.submit(record)
+        self._respond(status, {"error": reason, "status": status})
+
+    def _respond(self, status: int, payload) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(response(status, payload))
+            self.transport.close()
+        self.mode = "closed"
+
+    def _end_session(self) -> None:
+        if self.recorder is None:
+            return
+        recorder, self.recorder = self.recorder, None
+        for _ in range(len(recorder.pending)):
+            recorder._finish("error", code="08006", message="session ended before the statement completed")
+        recorder.record(
+            "session_end",
+            outcome="ok",
+            started_at=self.started,
+            duration_ms=round((time.time() - self.started) * 1000, 3),
+            details={"bytes_up": self.bytes_up, "bytes_down": self.bytes_down, "statements": recorder.statements},
+        )
+
+
+def event_loop_policy() -> str:
+    """Use uvloop where it is installed (a measurable win on the relay path); asyncio otherwise."""
+    if os.environ.get("HOOP_NO_UVLOOP"):
+        return "asyncio"
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
