@@ -191,18 +191,26 @@ class OIDCProvider:
 
     @property
     def jwks_client(self):
-        """A `jwt.PyJWKClient` for this provider's jwks_uri."""
+        """A `jwt.PyJWKClient` for this provider's jwks_uri (it fetches with urllib, which honours
+        *_PROXY variables; `decode` does not)."""
         import jwt
 
         if self._jwks_client is None:
             self._jwks_client = jwt.PyJWKClient(self.endpoint("jwks_uri"), cache_keys=True)
         return self._jwks_client
 
+    def jwks(self) -> dict:
+        return self._get(self.endpoint("jwks_uri")).json()
+
     def decode(self, id_token: str, audience: str | None = None, **options) -> dict:
-        """Verify an id_token against the JWKS (signature, iss, aud, exp) and return its claims."""
+        """Verify an id_token against this provider's JWKS (signature, iss, aud, exp) and return
+        its claims. A token signed by another provider raises jwt.InvalidSignatureError."""
         import jwt
 
-        key = self.jwks_client.get_signing_key_from_jwt(id_token)
+        kid = jwt.get_unverified_header(id_token).get("kid")
+        key = next((k for k in jwt.PyJWKSet.from_dict(self.jwks()).keys if k.key_id == kid), None)
+        if key is None:
+            raise jwt.InvalidSignatureError(f"no key with kid {kid!r} in {self.endpoint('jwks_uri')}")
         return jwt.decode(
             id_token,
             key.key,
@@ -323,7 +331,7 @@ class OIDCProvider:
         return self._browse(user_code, login, PASSWORD, decision=f"deny-{at}")
 
     def _browse(self, user_code: str, login: str, password: str, decision: str) -> Page:
-        browser = requests.Session()
+        browser = direct_session()
         browser.headers["User-Agent"] = "hoop-tests-browser/1"
         history: list[str] = []
         with browser:
@@ -390,10 +398,21 @@ class OIDCProvider:
         return _tail(self.log_path, lines)
 
     def _get(self, url: str, session: requests.Session | None = None, **kwargs) -> requests.Response:
-        return (session or requests).get(url, timeout=HTTP_TIMEOUT, **kwargs)
+        with contextlib.ExitStack() as stack:
+            http = session or stack.enter_context(direct_session())
+            return http.get(url, timeout=HTTP_TIMEOUT, **kwargs)
 
     def _post(self, url: str, session: requests.Session | None = None, **kwargs) -> requests.Response:
-        return (session or requests).post(url, timeout=HTTP_TIMEOUT, **kwargs)
+        with contextlib.ExitStack() as stack:
+            http = session or stack.enter_context(direct_session())
+            return http.post(url, timeout=HTTP_TIMEOUT, **kwargs)
+
+
+def direct_session() -> requests.Session:
+    """A requests session that ignores *_PROXY variables a test may have set: always 127.0.0.1."""
+    http = requests.Session()
+    http.trust_env = False
+    return http
 
 
 def approve_in_background(provider: OIDCProvider, get_user_code: Callable[[], str | None] | None = None,
@@ -552,8 +571,8 @@ def _wait_until_ready(proc: subprocess.Popen, log_path: Path, timeout: float) ->
                     issuer = json.loads(line)["issuer"]
                     break
         if issuer is not None:
-            with contextlib.suppress(requests.RequestException):
-                resp = requests.get(issuer + "/.well-known/openid-configuration", timeout=2)
+            with contextlib.suppress(requests.RequestException), direct_session() as http:
+                resp = http.get(issuer + "/.well-known/openid-configuration", timeout=2)
                 if resp.status_code == 200 and resp.json().get("issuer") == issuer:
                     return issuer
         time.sleep(0.05)
