@@ -1,0 +1,93 @@
+"""The hash chain: canonical encoding, linking a batch onto the head, and verification.
+
+canonical(record) = JSON of every field but `hash`, keys sorted, separators (",", ":"),
+ensure_ascii=False, UTF-8.  hash = sha256(prev_hash_hex + canonical).  The first record's
+prev_hash is GENESIS (64 zeros).  Editing, deleting, inserting or reordering records breaks
+either a record's own hash or the next record's prev_hash; `verify_records` names the seq.
+
+The chain cannot tell a truncated tail from a short trail: ship records off the box (the
+exporters) and compare the latest seq/hash there when that matters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from .record import FIELDS
+
+GENESIS = "0" * 64
+_HASHED = tuple(name for name in FIELDS if name != "hash")
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    ok: bool
+    checked: int
+    problems: list[str] = field(default_factory=list)
+    last_seq: int | None = None
+    last_hash: str | None = None
+
+
+def canonical(record: dict) -> bytes:
+    body = {name: record.get(name) for name in _HASHED}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def record_hash(record: dict) -> str:
+    prev = record.get("prev_hash") or ""
+    return hashlib.sha256(prev.encode("ascii", "replace") + canonical(record)).hexdigest()
+
+
+def link(records: Iterable[dict], head_seq: int, head_hash: str) -> list[dict]:
+    """Give normalized records their seq, prev_hash and hash, continuing after the head."""
+    linked = []
+    seq, prev = head_seq, head_hash
+    for record in records:
+        seq += 1
+        stored = dict(record)
+        stored["seq"] = seq
+        stored["prev_hash"] = prev
+        stored["hash"] = prev = record_hash(stored)
+        linked.append(stored)
+    return linked
+
+
+def verify_records(records: Iterable[dict], *, from_genesis: bool = True) -> VerifyReport:
+    """Walk records in the given order and report every break, naming the seq.
+
+    With from_genesis=False (a slice, e.g. an export that starts mid-trail) the first
+    record's seq and prev_hash are taken on trust.
+    """
+    problems: list[str] = []
+    checked = 0
+    prev_seq: int | None = None
+    prev_hash: str | None = None
+    for record in records:
+        checked += 1
+        seq = record.get("seq")
+        if not isinstance(seq, int) or isinstance(seq, bool):
+            problems.append(f"record #{checked} (after seq {prev_seq}): no valid seq ({seq!r})")
+            continue
+        if record.get("hash") != record_hash(record):
+            problems.append(f"seq {seq}: hash mismatch, the record was changed after it was written")
+        if prev_seq is None:
+            if from_genesis:
+                if seq != 1:
+                    problems.append(f"seq {seq}: first record, seq 1..{seq - 1} missing (deleted)")
+                elif record.get("prev_hash") != GENESIS:
+                    problems.append("seq 1: prev_hash is not the genesis hash")
+        elif seq <= prev_seq:
+            problems.append(f"seq {seq}: comes after seq {prev_seq}, records reordered or duplicated")
+        elif seq != prev_seq + 1:
+            missing = str(prev_seq + 1) if seq == prev_seq + 2 else f"{prev_seq + 1}..{seq - 1}"
+            problems.append(f"seq {missing} missing before seq {seq} (deleted, or moved elsewhere)")
+        elif record.get("prev_hash") != prev_hash:
+            problems.append(
+                f"seq {seq}: prev_hash does not match the hash of seq {prev_seq}, "
+                f"a record was replaced, inserted or moved"
+            )
+        prev_seq, prev_hash = seq, record.get("hash")
+    return VerifyReport(not problems, checked, problems, prev_seq, prev_hash)

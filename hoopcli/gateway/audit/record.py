@@ -1,0 +1,163 @@
+"""The audit record: a plain dict with a fixed set of JSON-serialisable fields.
+
+`new_record()` builds one on the gateway's hot path (cheap: no hashing, no I/O);
+`normalize()` turns it into the exact values a store keeps and hashes, so that what is read
+back hashes to what was written, in SQLite, in PostgreSQL and in an exported JSON line.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import date, datetime, timezone
+from typing import Any
+
+# The order is only for humans (column order); hashing sorts keys.
+FIELDS: tuple[str, ...] = (
+    "seq",  # int, assigned by the store
+    "ts",  # RFC 3339 UTC with microseconds: when the event happened
+    "kind",  # one of KINDS
+    "session_id",
+    "sub",
+    "email",
+    "issuer",
+    "connection",
+    "db_user",
+    "database",
+    "statement",  # text or null
+    "started_at",  # RFC 3339 UTC (statement or session start) or null
+    "duration_ms",  # float or null
+    "outcome",  # ok, error, held, denied, refused, ...
+    "tag",  # command tag ("SELECT 1") or similar
+    "code",  # SQLSTATE, errno or HTTP status, always kept as a string
+    "message",
+    "details",  # dict for the rest: bytes in/out, reason, client address, request id, ...
+    "prev_hash",  # hex sha256 of the previous record (GENESIS for the first)
+    "hash",  # hex sha256(prev_hash + canonical(record without hash))
+)
+FIELD_SET = frozenset(FIELDS)
+
+KINDS = frozenset({"connect", "session_end", "statement", "approval_request", "approval_decision"})
+
+# Fields the store assigns; a submitted record may leave them out.
+STORE_FIELDS = frozenset({"seq", "prev_hash", "hash"})
+TEXT_FIELDS = (
+    "kind",
+    "session_id",
+    "sub",
+    "email",
+    "issuer",
+    "connection",
+    "db_user",
+    "database",
+    "statement",
+    "outcome",
+    "tag",
+    "code",
+    "message",
+    "prev_hash",
+    "hash",
+)
+
+
+def format_ts(value: Any) -> str:
+    """RFC 3339, UTC, microseconds, `Z`: `2024-05-01T12:00:00.000000Z` (sorts as text)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        dt = datetime.fromtimestamp(value, tz=timezone.utc)
+    elif isinstance(value, datetime):
+        dt = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        try:
+            dt = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(f"not an RFC 3339 timestamp: {value!r}") from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=timezone.utc)
+    else:
+        raise ValueError(f"not a timestamp: {value!r}")
+    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def now_ts() -> str:
+    return format_ts(time.time())
+
+
+def check(record: dict) -> None:
+    """The cheap checks `AuditWriter.submit` runs: a known kind and no unknown field."""
+    if record.get("kind") not in KINDS:
+        raise ValueError(f"audit record kind must be one of {sorted(KINDS)}, not {record.get('kind')!r}")
+    unknown = record.keys() - FIELD_SET
+    if unknown:
+        raise ValueError(f"unknown audit record field(s): {', '.join(sorted(unknown))}; put them in details")
+
+
+def new_record(kind: str, **fields: Any) -> dict:
+    """A record of `kind` with `ts` = now unless given; every missing field is null."""
+    record = dict.fromkeys(FIELDS)
+    record.update(fields)
+    record["kind"] = kind
+    if record["ts"] is None:
+        record["ts"] = now_ts()
+    check(record)
+    return record
+
+
+def clean_text(value: Any) -> str:
+    """Text every store and JSON can hold: no NUL (PostgreSQL text refuses it) and valid UTF-8."""
+    text = value if isinstance(value, str) else str(value)
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates, e.g. from surrogateescape decoding
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def jsonable(value: Any) -> Any:
+    """A JSON value that survives a dumps/loads round trip unchanged (so its hash is stable)."""
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_text(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
+        return [jsonable(v) for v in items]
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return clean_text(bytes(value).decode("utf-8", "backslashreplace"))
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    return clean_text(value)
+
+
+def normalize(record: dict) -> dict:
+    """The record as a store keeps it: every field present, each with its stored type.
+
+    Raises ValueError for an unknown kind or field, or a bad timestamp; everything else is
+    coerced (text fields to str, `code` to str, `duration_ms` to float, `details` to JSON).
+    """
+    check(record)
+    out = dict.fromkeys(FIELDS)
+    out.update(record)
+    for name in TEXT_FIELDS:
+        if out[name] is not None:
+            out[name] = clean_text(out[name])
+    out["ts"] = format_ts(out["ts"]) if out["ts"] is not None else now_ts()
+    if out["started_at"] is not None:
+        out["started_at"] = format_ts(out["started_at"])
+    if out["duration_ms"] is not None:
+        duration = float(out["duration_ms"])
+        out["duration_ms"] = duration if math.isfinite(duration) else None
+    if out["details"] is not None:
+        details = jsonable(out["details"])
+        out["details"] = details if isinstance(details, dict) else {"value": details}
+    if out["seq"] is not None:
+        out["seq"] = int(out["seq"])
+    return out

@@ -1,0 +1,153 @@
+"""The embedded audit store: one SQLite file, one append-only table, WAL mode.
+
+The store's own code only INSERTs. Triggers ABORT any UPDATE or DELETE as defence in depth
+against accidental writes; they do not stop someone who can edit the file — the hash chain
+is what tells that such an edit happened. Appends run in `BEGIN IMMEDIATE`, so several
+processes sharing one file still extend a single chain.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from typing import Iterator
+
+from .chain import GENESIS, VerifyReport, link, verify_records
+from .record import FIELDS
+from .store import AuditStore, filters
+
+TABLE = "audit"
+SCHEMA_VERSION = 1
+_COLUMNS = ", ".join(f'"{name}"' for name in FIELDS)
+_PLACEHOLDERS = ", ".join("?" for _ in FIELDS)
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {TABLE} (
+    "seq"         INTEGER PRIMARY KEY,
+    "ts"          TEXT NOT NULL,
+    "kind"        TEXT NOT NULL,
+    "session_id"  TEXT,
+    "sub"         TEXT,
+    "email"       TEXT,
+    "issuer"      TEXT,
+    "connection"  TEXT,
+    "db_user"     TEXT,
+    "database"    TEXT,
+    "statement"   TEXT,
+    "started_at"  TEXT,
+    "duration_ms" REAL,
+    "outcome"     TEXT,
+    "tag"         TEXT,
+    "code"        TEXT,
+    "message"     TEXT,
+    "details"     TEXT,
+    "prev_hash"   TEXT NOT NULL,
+    "hash"        TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS {TABLE}_sub ON {TABLE} ("sub", "seq");
+CREATE INDEX IF NOT EXISTS {TABLE}_connection ON {TABLE} ("connection", "seq");
+CREATE INDEX IF NOT EXISTS {TABLE}_session ON {TABLE} ("session_id", "seq");
+CREATE INDEX IF NOT EXISTS {TABLE}_ts ON {TABLE} ("ts");
+CREATE TRIGGER IF NOT EXISTS {TABLE}_no_update BEFORE UPDATE ON {TABLE}
+BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS {TABLE}_no_delete BEFORE DELETE ON {TABLE}
+BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+PRAGMA user_version = {SCHEMA_VERSION};
+"""
+
+
+def _to_row(record: dict) -> tuple:
+    details = record["details"]
+    return tuple(
+        json.dumps(details, sort_keys=True, ensure_ascii=False) if name == "details" and details is not None
+        else record[name]
+        for name in FIELDS
+    )
+
+
+def _from_row(row: sqlite3.Row) -> dict:
+    record = {name: row[name] for name in FIELDS}
+    if record["details"] is not None:
+        record["details"] = json.loads(record["details"])
+    return record
+
+
+class SQLiteStore(AuditStore):
+    def __init__(self, path: str | os.PathLike, *, busy_timeout_ms: int = 10_000):
+        self.path = os.fspath(path)
+        if self.path == ":memory:" or self.path.startswith("file:"):
+            raise ValueError("the SQLite audit store needs a file path")
+        parent = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(parent, exist_ok=True)
+        self._busy_timeout_ms = busy_timeout_ms
+        self._lock = threading.Lock()
+        self._conn = self._connect()
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        with self._lock:
+            self._conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    def _append_normalized(self, records: list[dict]) -> list[dict]:
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise RuntimeError("the audit store is closed")
+            conn.execute("BEGIN IMMEDIATE")  # the write lock, before reading the head
+            try:
+                row = conn.execute(f'SELECT "seq", "hash" FROM {TABLE} ORDER BY "seq" DESC LIMIT 1').fetchone()
+                head_seq, head_hash = (row["seq"], row["hash"]) if row else (0, GENESIS)
+                stored = link(records, head_seq, head_hash)
+                conn.executemany(
+                    f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES ({_PLACEHOLDERS})", [_to_row(r) for r in stored]
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        return stored
+
+    def query(self, sub=None, connection=None, since=None, kind=None, limit=None, *, session_id=None) -> list[dict]:
+        where = filters(sub, connection, since, kind, session_id)
+        clause = " AND ".join(f'"{col}" >= ?' if col == "ts" else f'"{col}" = ?' for col, _ in where)
+        sql = f"SELECT {_COLUMNS} FROM {TABLE}" + (f" WHERE {clause}" if clause else "")
+        params = [value for _, value in where]
+        if limit is not None:
+            sql = f'SELECT * FROM ({sql} ORDER BY "seq" DESC LIMIT ?) ORDER BY "seq"'
+            params.append(int(limit))
+        else:
+            sql += ' ORDER BY "seq"'
+        conn = self._connect()
+        try:
+            return [_from_row(row) for row in conn.execute(sql, params)]
+        finally:
+            conn.close()
+
+    def _iter_all(self, conn: sqlite3.Connection) -> Iterator[dict]:
+        for row in conn.execute(f'SELECT {_COLUMNS} FROM {TABLE} ORDER BY "seq"'):
+            try:
+                yield _from_row(row)
+            except ValueError:  # details that are no longer JSON: hash it as the raw text
+                yield {name: row[name] for name in FIELDS}
+
+    def verify(self) -> VerifyReport:
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN")  # one snapshot for the whole walk
+            return verify_records(self._iter_all(conn))
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None

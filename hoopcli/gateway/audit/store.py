@@ -1,0 +1,81 @@
+"""The one interface every audit store keeps, and `open_store` that picks one by URL."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from .chain import VerifyReport
+from .record import format_ts, normalize
+
+
+class AuditStore:
+    """Append-only, hash-chained storage of audit records.
+
+    append() normalizes the records, then (atomically, under the store's lock) reads the chain
+    head, assigns seq/prev_hash/hash and inserts them; it returns the stored records.
+    query() returns records in seq order; with `limit` the newest `limit` matches.
+    """
+
+    def append(self, records: list[dict]) -> list[dict]:
+        if not records:
+            return []
+        return self._append_normalized([normalize(r) for r in records])
+
+    def _append_normalized(self, records: list[dict]) -> list[dict]:
+        raise NotImplementedError
+
+    def query(
+        self,
+        sub: str | None = None,
+        connection: str | None = None,
+        since: datetime | str | float | None = None,
+        kind: str | None = None,
+        limit: int | None = None,
+        *,
+        session_id: str | None = None,
+    ) -> list[dict]:
+        raise NotImplementedError
+
+    def verify(self) -> VerifyReport:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def filters(sub, connection, since, kind, session_id) -> list[tuple[str, Any]]:
+    """(column, value) pairs for a query: equality except `ts`, which is `>=`."""
+    out: list[tuple[str, Any]] = []
+    for column, value in (("sub", sub), ("connection", connection), ("kind", kind), ("session_id", session_id)):
+        if value is not None:
+            out.append((column, value))
+    if since is not None:
+        out.append(("ts", format_ts(since)))  # the canonical form sorts as text
+    return out
+
+
+def open_store(url_or_path: str) -> AuditStore:
+    """`postgresql://…` (or `postgres://…`) → PostgresStore; `sqlite:///path` or a path → SQLiteStore."""
+    target = str(url_or_path)
+    if target.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresStore
+
+        return PostgresStore(target)
+    if target.startswith("sqlite://"):
+        path = target[len("sqlite://"):]
+        # sqlite:///rel/x.db is /rel/x.db (absolute); sqlite:////abs also tolerated.
+        if path.startswith("//"):
+            path = path[1:]
+        target = path
+    if "://" in target:
+        raise ValueError(f"unsupported audit store URL scheme: {target.split('://', 1)[0]}://")
+    from .sqlite import SQLiteStore
+
+    return SQLiteStore(target)

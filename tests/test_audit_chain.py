@@ -1,0 +1,113 @@
+"""The canonical encoding, linking and verification, without any store."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from hoopcli.gateway.audit import FIELDS, GENESIS, canonical, format_ts, new_record, normalize, record_hash
+from hoopcli.gateway.audit.chain import link, verify_records
+
+
+def _chain(n: int) -> list[dict]:
+    records = [normalize(new_record("statement", sub="alice", statement=f"select {i}")) for i in range(n)]
+    return link(records, 0, GENESIS)
+
+
+def test_canonical_encoding_is_the_documented_one():
+    record = normalize(new_record("connect", ts="2024-05-01T12:00:00Z", sub="ålice", details={"b": 1, "a": [2]}))
+    record.update(seq=1, prev_hash=GENESIS, hash="ignored")
+    body = {k: record[k] for k in FIELDS if k != "hash"}
+    expected = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    assert canonical(record) == expected
+    assert "ålice".encode() in canonical(record)  # not \u escaped
+    assert b'"hash"' not in canonical(record)
+    assert record_hash(record) == hashlib.sha256(GENESIS.encode() + expected).hexdigest()
+
+
+def test_link_assigns_seq_and_chains_hashes():
+    chain = _chain(3)
+    assert [r["seq"] for r in chain] == [1, 2, 3]
+    assert chain[0]["prev_hash"] == GENESIS
+    assert chain[1]["prev_hash"] == chain[0]["hash"]
+    assert chain[2]["prev_hash"] == chain[1]["hash"]
+    report = verify_records(chain)
+    assert report.ok and report.checked == 3 and report.last_seq == 3
+
+
+def test_record_defaults_and_normalization():
+    record = new_record("statement")
+    assert set(record) == set(FIELDS)
+    assert record["ts"].endswith("Z") and len(record["ts"]) == len("2024-05-01T12:00:00.000000Z")
+    out = normalize({"kind": "session_end", "ts": 0, "duration_ms": 5, "code": 503, "details": {1: b"\xff", "t": (1, 2)}})
+    assert out["ts"] == "1970-01-01T00:00:00.000000Z"
+    assert out["duration_ms"] == 5.0 and isinstance(out["duration_ms"], float)
+    assert out["code"] == "503"
+    assert out["details"] == {"1": "\\xff", "t": [1, 2]}
+    assert out["message"] is None
+    # what a store reads back normalizes to itself (so its hash is stable)
+    assert normalize(json.loads(json.dumps(out))) == out
+
+
+def test_timestamps_are_rfc3339_utc_microseconds():
+    plus2 = timezone(timedelta(hours=2))
+    assert format_ts(datetime(2024, 5, 1, 14, 0, tzinfo=plus2)) == "2024-05-01T12:00:00.000000Z"
+    assert format_ts("2024-05-01T12:00:00.5Z") == "2024-05-01T12:00:00.500000Z"
+    assert format_ts("2024-05-01T12:00:00") == "2024-05-01T12:00:00.000000Z"
+    with pytest.raises(ValueError):
+        format_ts("yesterday")
+
+
+def test_text_a_store_cannot_hold_is_escaped():
+    out = normalize({"kind": "statement", "statement": "select '\x00'", "message": "bad \udcff"})
+    assert "\x00" not in out["statement"]
+    out["message"].encode("utf-8")
+
+
+def test_unknown_kind_or_field_is_refused():
+    with pytest.raises(ValueError, match="kind"):
+        new_record("login")
+    with pytest.raises(ValueError, match="bytes_in"):
+        new_record("statement", bytes_in=3)
+
+
+def test_verify_names_an_edited_record():
+    chain = _chain(5)
+    chain[2]["statement"] = "drop table users"
+    report = verify_records(chain)
+    assert not report.ok
+    assert report.problems == ["seq 3: hash mismatch, the record was changed after it was written"]
+
+
+def test_verify_names_a_rehashed_edit_at_the_next_record():
+    chain = _chain(5)
+    chain[2]["statement"] = "drop table users"
+    chain[2]["hash"] = record_hash(chain[2])
+    report = verify_records(chain)
+    assert len(report.problems) == 1 and report.problems[0].startswith("seq 4: prev_hash")
+
+
+def test_verify_names_deleted_records():
+    chain = _chain(6)
+    del chain[2]
+    assert verify_records(chain).problems == ["seq 3 missing before seq 4 (deleted, or moved elsewhere)"]
+    del chain[0]
+    assert "seq 2: first record, seq 1..1 missing (deleted)" in verify_records(chain).problems
+
+
+def test_verify_names_reordered_records():
+    chain = _chain(5)
+    chain[1], chain[3] = chain[3], chain[1]
+    problems = " | ".join(verify_records(chain).problems)
+    assert "seq 2..3 missing before seq 4" in problems
+    assert "seq 3: comes after seq 4, records reordered" in problems
+    assert "seq 2: comes after seq 3, records reordered" in problems
+
+
+def test_verify_a_slice_takes_its_start_on_trust():
+    chain = _chain(6)
+    assert verify_records(chain[3:], from_genesis=False).ok
+    assert not verify_records(chain[3:]).ok
