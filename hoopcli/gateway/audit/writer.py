@@ -1,0 +1,198 @@
+"""AuditWriter: the gateway's non-blocking way into an audit store.
+
+`submit()` runs on the relay's hot path (an asyncio loop): a few dict operations and a deque
+append under a lock — no I/O, no hashing. A background thread takes batches (up to
+`batch_size`, or whatever arrived within `interval`), appends them to the store, then hands
+the stored records to the exporters. If the store fails the thread keeps the batch, retries
+with exponential backoff and jitter, and reports `healthy == False` with `last_error`, so the
+gateway can fail closed (refuse new sessions) until it recovers.
+
+Records leave the queue in submit order, so `submit()`'s ticket n is stored exactly when
+`stored >= n`; `flush()` waits for the tickets issued before it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import deque
+from typing import Iterable
+
+from .record import check, normalize
+
+log = logging.getLogger("hoopcli.audit")
+
+
+class AuditWriter:
+    def __init__(
+        self,
+        store,
+        exporters: Iterable = (),
+        *,
+        batch_size: int = 500,
+        interval: float = 0.05,
+        initial_backoff: float = 0.05,
+        max_backoff: float = 5.0,
+    ):
+        self.store = store  # not owned: the caller closes it after close()
+        self.exporters = list(exporters)
+        self.batch_size = max(1, int(batch_size))
+        self.interval = interval
+        self.initial_backoff = initial_backoff
+        self.max_backoff = max_backoff
+        self._queue: deque[dict] = deque()
+        self._lock = threading.Lock()  # submit order == ticket order
+        self._cond = threading.Condition()  # flush waiters
+        self._wake = threading.Event()
+        self._abandon = threading.Event()  # close() gave up: stop retrying
+        self._submitted = 0
+        self._stored = 0
+        self._urgent_upto = 0
+        self._closed = False
+        self._healthy = True
+        self.last_error: str | None = None
+        self.failures = 0  # failed append attempts in a row
+        self.export_errors = 0
+        self.lost = 0  # records still queued when close() gave up
+        self._thread = threading.Thread(target=self._run, name="hoop-audit-writer", daemon=True)
+        self._thread.start()
+
+    # ---- hot path ---------------------------------------------------------------------
+
+    def submit(self, record: dict) -> int:
+        """Queue one record; returns its ticket (see `stored`). Raises ValueError on a bad kind/field."""
+        check(record)
+        record = dict(record)
+        if record.get("ts") is None:
+            record["ts"] = time.time()  # when it happened; formatted off the hot path
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the audit writer is closed")
+            self._submitted += 1
+            ticket = self._submitted
+            self._queue.append(record)
+        if len(self._queue) >= self.batch_size:
+            self._wake.set()
+        return ticket
+
+    # ---- state --------------------------------------------------------------------------
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy and self._thread.is_alive()
+
+    @property
+    def submitted(self) -> int:
+        return self._submitted
+
+    @property
+    def stored(self) -> int:
+        return self._stored
+
+    @property
+    def pending(self) -> int:
+        return self._submitted - self._stored
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Block until every record submitted so far is stored; False on timeout."""
+        target = self._submitted
+        with self._cond:
+            if self._stored >= target:
+                return True
+            self._urgent_upto = max(self._urgent_upto, target)
+        self._wake.set()
+        with self._cond:
+            return self._cond.wait_for(lambda: self._stored >= target, timeout)
+
+    def close(self, timeout: float | None = 30.0) -> bool:
+        """Stop taking records, store what is queued (up to `timeout`), stop, close exporters."""
+        with self._lock:
+            already = self._closed
+            self._closed = True
+        if already and not self._thread.is_alive():
+            return self.pending == 0
+        ok = self.flush(timeout)
+        if not ok:
+            self.lost = self.pending
+            self.last_error = f"closed with {self.lost} audit record(s) not stored: {self.last_error}"
+            log.error("audit writer: %s", self.last_error)
+        self._abandon.set()
+        self._wake.set()
+        self._thread.join(timeout=10)
+        for exporter in self.exporters:
+            try:
+                exporter.close()
+            except Exception as exc:  # an exporter never breaks shutdown
+                log.warning("audit exporter %s: close failed: %s", type(exporter).__name__, exc)
+        return ok
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- the writer thread --------------------------------------------------------------
+
+    def _take(self) -> list[dict]:
+        batch = []
+        queue = self._queue
+        while queue and len(batch) < self.batch_size:
+            batch.append(queue.popleft())
+        return batch
+
+    def _prepare(self, record: dict) -> dict:
+        """Normalize, never raise: a record that cannot be kept as given is kept as best we can."""
+        try:
+            return normalize(record)
+        except Exception as exc:
+            problem = f"{type(exc).__name__}: {exc}"[:500]
+        try:  # most likely a bad timestamp: keep everything else
+            details = record.get("details")
+            details = dict(details) if isinstance(details, dict) else {"value": details}
+            details.update(
+                audit_error=problem, original_ts=str(record.get("ts")), original_started_at=str(record.get("started_at"))
+            )
+            return normalize(dict(record, ts=time.time(), started_at=None, details=details))
+        except Exception:
+            keep = {name: record.get(name) for name in ("session_id", "sub", "connection") if isinstance(record.get(name), str)}
+            return normalize(dict(keep, kind=record["kind"], outcome="error", details={"audit_error": problem}))
+
+    def _run(self) -> None:
+        batch: list[dict] = []
+        while True:
+            if not batch:
+                urgent = self._stored < self._urgent_upto
+                if len(self._queue) < self.batch_size and not urgent and not self._abandon.is_set():
+                    self._wake.wait(self.interval)
+                self._wake.clear()
+                batch = [self._prepare(r) for r in self._take()]
+                if not batch:
+                    if self._abandon.is_set():
+                        return
+                    continue
+            try:
+                stored = self.store.append(batch)
+            except Exception as exc:
+                self.failures += 1
+                self._healthy = False
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("audit store append failed (attempt %d): %s", self.failures, self.last_error)
+                delay = min(self.max_backoff, self.initial_backoff * 2 ** min(self.failures - 1, 30))
+                if self._abandon.wait(delay * random.uniform(0.5, 1.0)):
+                    return
+                continue
+            batch = []
+            self.failures = 0
+            self._healthy = True
+            with self._cond:
+                self._stored += len(stored)
+                self._cond.notify_all()
+            for exporter in self.exporters:
+                try:
+                    exporter.export(stored)
+                except Exception as exc:
+                    self.export_errors += 1
+                    log.warning("audit exporter %s failed: %s", type(exporter).__name__, exc)
