@@ -35,6 +35,7 @@ def test_device_login_gives_id_token_with_our_claims(oidc_provider, monkeypatch)
     tokens = oidc_provider.device_login("alice")
     assert tokens["token_type"].lower() == "bearer"
     assert tokens["access_token"] and tokens["refresh_token"]
+    assert tokens["expires_in"] == oidc_provider.access_token_ttl
 
     claims = oidc_provider.decode(tokens["id_token"])  # signature against the JWKS, iss, aud, exp
     signing_key = oidc_provider.jwks_client.get_signing_key_from_jwt(tokens["id_token"])
@@ -133,12 +134,29 @@ def test_approve_in_background_finds_the_next_authorization(oidc_provider):
 
 
 def test_short_ttl_provider_from_factory(oidc_provider_factory, oidc_provider):
-    short = oidc_provider_factory(id_token_ttl=2)
-    assert short is oidc_provider_factory(id_token_ttl=2)
+    short = oidc_provider_factory(id_token_ttl=2, device_code_ttl=1)
+    assert short is oidc_provider_factory(id_token_ttl=2, device_code_ttl=1)
     assert short.issuer != oidc_provider.issuer
+    stale = short.start_device_authorization()
+    assert stale["expires_in"] == 1
+
     tokens = short.device_login("alice")
+    assert tokens["expires_in"] == 2  # the access token follows ID_TOKEN_TTL unless told
     claims = short.decode(tokens["id_token"])
     assert claims["exp"] - claims["iat"] == 2
     # keys are per process: the other provider's JWKS does not vouch for this token
     with pytest.raises(jwt.InvalidSignatureError):
         oidc_provider.decode(tokens["id_token"])
+
+    time.sleep(2.1)
+    with pytest.raises(jwt.ExpiredSignatureError):
+        short.decode(tokens["id_token"])
+    assert short.poll_token(stale["device_code"]).json()["error"] == "expired_token"
+
+
+def test_claims_and_refresh_token_follow_the_scopes(oidc_provider):
+    tokens = oidc_provider.device_login("alice", scopes="openid email")
+    assert "refresh_token" not in tokens  # no offline_access, no refresh token
+    claims = oidc_provider.decode(tokens["id_token"])
+    assert claims["email"] == "alice@example.com"
+    assert "groups" not in claims and "name" not in claims
