@@ -4,6 +4,7 @@ Each server is started once per test session on a free 127.0.0.1 port and torn d
 """
 
 pytest_plugins = [
+    "tests.support.cli",
     "tests.support.oidc",
     "tests.support.pg",
     "tests.support.mariadb",
