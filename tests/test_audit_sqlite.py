@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 
@@ -61,6 +62,7 @@ def test_open_store_urls(tmp_path):
 
 def test_wal_mode_and_append_only_triggers(store, db_path):
     _fill(store, 2)
+    assert os.stat(db_path).st_mode & 0o777 == 0o600
     conn = sqlite3.connect(db_path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     with pytest.raises(sqlite3.DatabaseError, match="append-only"):

@@ -81,6 +81,8 @@ class SQLiteStore(AuditStore):
             raise ValueError("the SQLite audit store needs a file path")
         parent = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(parent, exist_ok=True)
+        if not os.path.exists(self.path):  # statements may be sensitive: owner-only (WAL files follow)
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         self._busy_timeout_ms = busy_timeout_ms
         self._lock = threading.Lock()
         self._conn = self._connect()
