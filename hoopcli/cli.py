@@ -145,6 +145,220 @@ def config_show(json_out: bool = JsonOpt) -> None:
     emit_json(data) if json_out else key_values(data)
 
 
+# ---- connections, connect, exec ------------------------------------------------------------
+
+
+def _api():
+    from hoopcli.auth.session import load_session
+    from hoopcli.gateway_api import api_for
+
+    profile = _profile()
+    return api_for(profile, load_session(profile))
+
+
+@app.command()
+def connections(json_out: bool = JsonOpt) -> None:
+    """List the connections the gateway lets you use."""
+    from hoopcli.output import emit_json, table
+
+    rows = _api().connections()
+    if json_out:
+        emit_json({"connections": rows})
+    else:
+        for row in rows:
+            row["broker"] = (row.get("credentials") or {}).get("broker", "none")
+        table(rows, ["name", "protocol", "database", "broker", "description"], title="Connections")
+
+
+@app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def exec_(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Connection name (see `hoop connections`)."),
+    command: Optional[str] = typer.Option(None, "-c", "--command", help="Run one statement with the protocol's client and print its output."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Run a command (default: the protocol's client) through the gateway with ephemeral credentials.
+
+    Example: hoop exec app-db -- psql -c 'select current_user'
+    """
+    from hoopcli.access import open_access
+    from hoopcli.launch import default_client, run_child, statement_command, with_mysql_identity
+
+    profile = _profile()
+    with open_access(profile, name) as access:
+        if command is not None:
+            argv = statement_command(access.protocol, command, machine=json_out)
+        else:
+            argv = list(ctx.args) or default_client(access.protocol)
+        argv = with_mysql_identity(argv, access.creds, access.database)
+        if json_out and command is not None:
+            code = _run_captured(argv, access.env(), name)
+        else:
+            code = run_child(argv, access.env())
+    raise typer.Exit(code)
+
+
+def _run_captured(argv, env, name) -> int:
+    import subprocess
+
+    from hoopcli.output import emit_json
+
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True)
+    emit_json({"connection": name, "exit_code": proc.returncode, "output": proc.stdout, "error": proc.stderr})
+    return proc.returncode
+
+
+@app.command()
+def connect(
+    name: str = typer.Argument(..., help="Connection name (see `hoop connections`)."),
+    port: int = typer.Option(0, "--port", help="Local port on 127.0.0.1 (default: a free one)."),
+    show_secrets: bool = typer.Option(False, "--show-secrets", help="Also print the password (to this terminal only)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Open a local tunnel to a connection and keep it up until Ctrl-C."""
+    from hoopcli.access import open_access
+    from hoopcli.ui import TunnelStatus
+
+    status = TunnelStatus(json_out)
+    with open_access(_profile(), name, listen_port=port, on_event=status.event) as access:
+        status.ready(access.summary(show_secrets))
+        status.wait_forever()
+
+
+@app.command()
+def creds(
+    name: str = typer.Argument(..., help="Connection name."),
+    show_secrets: bool = typer.Option(False, "--show-secrets", help="Include passwords and keys."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Show what the connection's broker issues (expiry, user, lease), then revoke it."""
+    from hoopcli.auth.session import load_session
+    from hoopcli.brokers.base import broker_for
+    from hoopcli.gateway_api import api_for
+    from hoopcli.output import emit_json, key_values
+
+    profile = _profile()
+    tokens = load_session(profile)
+    hints = _connection_hints(profile, tokens, name)
+    broker = broker_for(hints, profile)
+    issued = broker.issue(tokens.bearer)
+    try:
+        data = {"connection": name, **issued.public(show_secrets)}
+    finally:
+        broker.revoke(issued)
+    emit_json(data) if json_out else key_values(data)
+
+
+def _connection_hints(profile, tokens, name: str) -> dict:
+    """Profile-local connections (AWS APIs) first, then the gateway's registry."""
+    local = (profile.connections or {}).get(name)
+    if local is not None:
+        return dict(local)
+    from hoopcli.gateway_api import api_for
+
+    return api_for(profile, tokens).connection(name).get("credentials") or {}
+
+
+# ---- approvals and audit ------------------------------------------------------------------
+
+approvals_app = typer.Typer(help="List and decide statements held for approval.", no_args_is_help=True)
+app.add_typer(approvals_app, name="approvals")
+
+
+@approvals_app.command("list")
+def approvals_list(status: Optional[str] = typer.Option(None, help="pending, approved, denied, used, expired"), json_out: bool = JsonOpt) -> None:
+    """Approval requests (approvers see all; others their own)."""
+    from hoopcli.output import emit_json, table
+
+    rows = _api().approvals(status)
+    if json_out:
+        emit_json({"approvals": rows})
+    else:
+        table(rows, ["id", "status", "sub", "connection", "statement", "created_at"], title="Approvals")
+
+
+def _decide(request_id: str, decision: str, reason: str, json_out: bool) -> None:
+    from hoopcli.output import emit_json, info
+
+    result = _api().decide(request_id, decision, reason)
+    if json_out:
+        emit_json(result)
+    else:
+        info(f"{request_id}: {result.get('status', decision)}")
+
+
+@approvals_app.command("approve")
+def approvals_approve(request_id: str, reason: str = typer.Option("", "--reason"), json_out: bool = JsonOpt) -> None:
+    """Approve a held statement: its requester may run it once within the window."""
+    _decide(request_id, "approve", reason, json_out)
+
+
+@approvals_app.command("deny")
+def approvals_deny(request_id: str, reason: str = typer.Option("", "--reason"), json_out: bool = JsonOpt) -> None:
+    """Deny a held statement."""
+    _decide(request_id, "deny", reason, json_out)
+
+
+audit_app = typer.Typer(help="Read and verify the gateway's audit trail.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+StoreOpt = typer.Option(None, "--store", help="Read the store directly (gateway host): a SQLite path or postgresql:// URL.")
+
+
+@audit_app.command("list")
+def audit_list(
+    identity: Optional[str] = typer.Option(None, "--identity", help="Subject (sub) to filter on."),
+    connection: Optional[str] = typer.Option(None, "--connection"),
+    since: Optional[str] = typer.Option(None, "--since", help="RFC 3339 time, e.g. 2026-01-01T00:00:00Z"),
+    kind: Optional[str] = typer.Option(None, "--kind", help="connect, statement, session_end, approval_request, approval_decision"),
+    limit: Optional[int] = typer.Option(None, "--limit"),
+    store: Optional[str] = StoreOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Records of who ran what, when, with what result."""
+    from hoopcli.audit_client import list_records
+    from hoopcli.output import emit_json, table
+
+    rows = list_records(store, _api, sub=identity, connection=connection, since=since, kind=kind, limit=limit)
+    if json_out:
+        for row in rows:
+            emit_json(row)
+    else:
+        table(rows, ["seq", "ts", "kind", "sub", "connection", "statement", "outcome", "tag", "code"], title="Audit trail")
+
+
+@audit_app.command("verify")
+def audit_verify(store: Optional[str] = StoreOpt, json_out: bool = JsonOpt) -> None:
+    """Check the hash chain: finds edited, deleted, inserted or reordered records."""
+    from hoopcli.audit_client import verify
+    from hoopcli.output import emit_json, info
+
+    report = verify(store, _api)
+    if json_out:
+        emit_json(report)
+    else:
+        info(f"checked {report['checked']} records: " + ("chain intact" if report["ok"] else "PROBLEMS FOUND"))
+        for problem in report["problems"]:
+            info(f"  {problem}")
+    if not report["ok"]:
+        raise typer.Exit(int(ExitCode.ERROR))
+
+
+@audit_app.command("export")
+def audit_export(
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl"),
+    since: Optional[str] = typer.Option(None, "--since"),
+    store: Optional[str] = StoreOpt,
+) -> None:
+    """Write every record as JSON lines on stdout (with hashes, so the copy can be verified)."""
+    from hoopcli.audit_client import list_records
+    from hoopcli.output import emit_json
+
+    if fmt != "jsonl":
+        raise UsageError(f"unknown format '{fmt}'", "Only jsonl is supported.")
+    for row in list_records(store, _api, since=since):
+        emit_json(row)
+
+
 # ---- the gateway --------------------------------------------------------------------------
 
 

@@ -43,3 +43,74 @@ def _print_qr(url: str) -> None:
     except ImportError:  # optional nicety
         return
     segno.make(url, error="l").terminal(out=sys.stderr, compact=True)
+
+
+class TunnelStatus:
+    """`hoop connect`'s screen: what to connect with, then a live count of clients and plain
+    words when the gateway refuses or the session can no longer be refreshed."""
+
+    def __init__(self, json_out: bool):
+        self.json_out = json_out
+        self.active = 0
+        self.status = None
+
+    def ready(self, summary: dict) -> None:
+        from hoopcli.output import emit_json, err_console, key_values
+
+        if self.json_out:
+            emit_json({"event": "ready", **summary})
+            return
+        creds = summary.pop("credentials")
+        key_values({k: v for k, v in summary.items() if v is not None})
+        if creds.get("expires_in"):
+            sys.stdout.write(f"credentials  {creds['broker']}, expire in {creds['expires_in']} s\n")
+        if "password" in creds:
+            sys.stdout.write(f"password     {creds['password']}\n")
+        sys.stdout.flush()
+        console = err_console()
+        if console.is_terminal:
+            self.status = console.status("0 client connections — Ctrl-C to close the tunnel")
+            self.status.start()
+        else:
+            console.print("Tunnel open — Ctrl-C to close it.", markup=False)
+
+    def event(self, kind: str, detail: dict) -> None:
+        from hoopcli.output import emit_json, info
+
+        if "active" in detail:
+            self.active = detail["active"]
+        if self.json_out:
+            emit_json({"event": kind, **{k: str(v) for k, v in detail.items()}})
+        elif kind == "refused":
+            info(self._refusal(detail))
+        elif kind == "error":
+            info(self._error(detail["error"]))
+        if self.status is not None:
+            self.status.update(f"{self.active} client connection{'s' if self.active != 1 else ''} — Ctrl-C to close the tunnel")
+
+    @staticmethod
+    def _refusal(detail: dict) -> str:
+        status, reason = detail["status"], detail["reason"]
+        if status == 407:
+            return f"hoop: the gateway refused the session ({reason}). Run `hoop login` in another terminal; this tunnel carries on."
+        return f"hoop: the gateway refused a client connection: {status} {reason}"
+
+    @staticmethod
+    def _error(exc) -> str:
+        from hoopcli.errors import HoopError, NotLoggedIn
+
+        if isinstance(exc, NotLoggedIn):
+            return f"hoop: {exc.message}. Run `hoop login` in another terminal; this tunnel carries on without a restart."
+        if isinstance(exc, HoopError):
+            return f"hoop: {exc.message}"
+        return f"hoop: could not reach the gateway ({type(exc).__name__}: {exc})"
+
+    def wait_forever(self) -> None:
+        import time
+
+        try:
+            while True:
+                time.sleep(3600)
+        finally:
+            if self.status is not None:
+                self.status.stop()

@@ -1,0 +1,138 @@
+"""One governed access to a connection: look it up at the gateway, get credentials from its
+broker, open the local tunnel; and undo all of it (tunnel down, lease revoked) at the end.
+
+Used by `hoop exec` and `hoop connect`; a SIGTERM or SIGHUP while it is open becomes an
+`Interrupted` error, so the cleanup runs however hoop is stopped (short of SIGKILL).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from hoopcli.brokers.base import Credentials, broker_for
+from hoopcli.errors import Interrupted
+from hoopcli.logs import register_secret
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Access:
+    name: str
+    connection: dict
+    creds: Credentials
+    port: int
+    broker: object = None
+    tunnel_thread: object = None
+    _stop_renew: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def protocol(self) -> str:
+        return self.connection["protocol"]
+
+    @property
+    def database(self) -> str:
+        return self.connection.get("database", "")
+
+    def env(self) -> dict[str, str]:
+        from hoopcli.launch import protocol_env
+
+        return {**os.environ, **protocol_env(self.protocol, self.port, self.creds, self.database)}
+
+    def summary(self, show_secrets: bool = False) -> dict:
+        info = {
+            "connection": self.name,
+            "protocol": self.protocol,
+            "host": "127.0.0.1",
+            "port": self.port,
+            "user": self.creds.username or None,
+            "database": self.database or None,
+            "command": self.ready_command(),
+            "credentials": self.creds.public(show_secrets),
+        }
+        return info
+
+    def ready_command(self) -> str:
+        user = f" user={self.creds.username}" if self.creds.username else ""
+        db = f" dbname={self.database}" if self.database else ""
+        if self.protocol == "postgres":
+            return f'psql "host=127.0.0.1 port={self.port}{user}{db} sslmode=disable"'
+        if self.protocol == "mysql":
+            u = f" -u {self.creds.username}" if self.creds.username else ""
+            d = f" {self.database}" if self.database else ""
+            return f"mariadb -h 127.0.0.1 -P {self.port}{u} -p{d}"
+        return f"127.0.0.1:{self.port}"
+
+    def keep_renewed(self) -> None:
+        """Renew leased credentials at two thirds of their remaining life while the access lasts."""
+        if not self.creds.renewable or not self.creds.expires_at:
+            return
+
+        def loop():
+            while not self._stop_renew.is_set():
+                wait = max(5.0, (self.creds.expires_at - time.time()) * 2 / 3)
+                if self._stop_renew.wait(wait):
+                    return
+                try:
+                    self.creds = self.broker.renew(self.creds)
+                except Exception as exc:
+                    log.warning("could not renew %s credentials: %s", self.creds.broker, exc)
+
+        threading.Thread(target=loop, name="hoop-renew", daemon=True).start()
+
+
+def token_source(profile):
+    from hoopcli.auth.session import load_session
+
+    return lambda: load_session(profile).bearer
+
+
+@contextmanager
+def open_access(profile, name: str, *, listen_port: int = 0, on_event=None):
+    from hoopcli.auth.session import load_session
+    from hoopcli.gateway_api import api_for
+    from hoopcli.tunnel import Tunnel, TunnelThread
+
+    with _signals_interrupt():
+        tokens = load_session(profile)
+        connection = api_for(profile, tokens).connection(name)
+        broker = broker_for(connection.get("credentials") or {}, profile)
+        creds = broker.issue(tokens.bearer)
+        for secret in creds.secrets():
+            register_secret(secret)
+        access = Access(name=name, connection=connection, creds=creds, port=0, broker=broker)
+        try:
+            tunnel = Tunnel(profile.gateway, name, int(connection["port"]), token_source(profile), profile.ca_file, listen_port, on_event)
+            access.tunnel_thread = TunnelThread(tunnel)
+            access.port = access.tunnel_thread.start()
+            access.keep_renewed()
+            yield access
+        finally:
+            access._stop_renew.set()
+            if access.tunnel_thread is not None:
+                access.tunnel_thread.stop()
+            broker.revoke(access.creds)
+
+
+@contextmanager
+def _signals_interrupt():
+    """SIGTERM/SIGHUP raise Interrupted in the main thread, so `finally` blocks revoke leases."""
+
+    def handler(signum, _frame):
+        raise Interrupted(f"stopped by {signal.Signals(signum).name}", "Leased credentials were revoked.")
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -1,0 +1,75 @@
+"""The client side of the gateway's JSON API (connections, approvals, audit).
+
+Same TLS policy as the tunnel: verified against the profile's CA or the system store.
+requests honours HTTPS_PROXY/NO_PROXY by itself.
+"""
+
+from __future__ import annotations
+
+from hoopcli.auth.http import TIMEOUT, describe_failure, require_safe_url, session
+from hoopcli.errors import ConfigError, Denied, HoopError, NotFound, NotLoggedIn, UsageError
+
+
+class GatewayAPI:
+    def __init__(self, base_url: str, token: str, ca_file: str = ""):
+        if not base_url:
+            raise ConfigError("no gateway configured", "Set it with `hoop config set gateway https://gateway.example.com:8443`.")
+        self.base = require_safe_url(base_url.rstrip("/"), "gateway")
+        self.http = session(ca_file)
+        self.http.headers["Authorization"] = f"Bearer {token}"
+
+    def _call(self, method: str, path: str, **kwargs):
+        import requests
+
+        url = self.base + path
+        try:
+            resp = self.http.request(method, url, timeout=TIMEOUT, **kwargs)
+        except requests.RequestException as exc:
+            raise describe_failure(exc, url, "gateway") from None
+        try:
+            body = resp.json()
+        except ValueError:
+            body = {}
+        if resp.status_code == 200:
+            return body
+        raise api_error(resp.status_code, body.get("error", resp.reason))
+
+    def connections(self) -> list[dict]:
+        return self._call("GET", "/api/connections")["connections"]
+
+    def connection(self, name: str) -> dict:
+        for conn in self.connections():
+            if conn["name"] == name:
+                return conn
+        raise NotFound(f"no connection named '{name}' that you may use", "List them with `hoop connections`.")
+
+    def approvals(self, status: str | None = None) -> list[dict]:
+        return self._call("GET", "/api/approvals", params={"status": status} if status else None)["approvals"]
+
+    def decide(self, request_id: str, decision: str, reason: str) -> dict:
+        return self._call("POST", f"/api/approvals/{request_id}/{decision}", json={"reason": reason})
+
+    def audit(self, **filters) -> list[dict]:
+        params = {k: v for k, v in filters.items() if v is not None}
+        return self._call("GET", "/api/audit", params=params)["records"]
+
+    def verify(self) -> dict:
+        return self._call("GET", "/api/audit/verify")
+
+
+def api_error(status: int, reason: str) -> HoopError:
+    if status in (401, 407):
+        return NotLoggedIn(f"the gateway refused the session: {reason}")
+    if status == 403:
+        return Denied(f"the gateway denied access: {reason}", "Ask an admin to grant your identity or group access.")
+    if status == 404:
+        return NotFound(f"the gateway says: {reason}", "List what you may use with `hoop connections`.")
+    if status in (400, 409):
+        return UsageError(f"the gateway refused the request: {reason}")
+    from hoopcli.errors import Unreachable
+
+    return Unreachable(f"the gateway answered {status}: {reason}", "Check the gateway's health and logs.")
+
+
+def api_for(profile, tokens) -> GatewayAPI:
+    return GatewayAPI(profile.gateway, tokens.bearer, profile.ca_file)

@@ -1,0 +1,108 @@
+"""Starting the native client: its environment per protocol, signals in, exit code out.
+
+Secrets reach the child through its environment only (never argv, never a file):
+PGPASSWORD for PostgreSQL clients, MYSQL_PWD for MariaDB/MySQL clients (the MariaDB client
+reads it; the environment of a process is readable only by its own user and root).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+
+from hoopcli.brokers.base import Credentials
+from hoopcli.errors import UsageError
+
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+MYSQL_CLIENTS = ("mariadb", "mysql")
+
+
+def protocol_env(protocol: str, port: int, creds: Credentials, database: str) -> dict[str, str]:
+    """The variables the protocol's standard clients read."""
+    env: dict[str, str] = {}
+    if protocol == "postgres":
+        env.update(PGHOST="127.0.0.1", PGPORT=str(port), PGSSLMODE="disable")
+        if creds.username:
+            env["PGUSER"] = creds.username
+        if database:
+            env["PGDATABASE"] = database
+        if creds.password:
+            env["PGPASSWORD"] = creds.password
+    elif protocol == "mysql":
+        env.update(MYSQL_HOST="127.0.0.1", MYSQL_TCP_PORT=str(port))
+        if creds.password:
+            env["MYSQL_PWD"] = creds.password
+    env.update(HOOP_HOST="127.0.0.1", HOOP_PORT=str(port))
+    if creds.username:
+        env["HOOP_DB_USER"] = creds.username
+    if database:
+        env["HOOP_DB_NAME"] = database
+    env.update(creds.env)
+    return env
+
+
+def default_client(protocol: str) -> list[str]:
+    if protocol == "postgres":
+        return ["psql"]
+    if protocol == "mysql":
+        for name in MYSQL_CLIENTS:
+            if shutil.which(name):
+                return [name]
+        return ["mariadb"]
+    raise UsageError(f"'{protocol}' connections have no default client", "Name the command: `hoop exec NAME -- CMD ARGS…`.")
+
+
+def statement_command(protocol: str, sql: str, machine: bool) -> list[str]:
+    """`hoop exec NAME -c SQL`: the protocol's client running one statement, stopping on error."""
+    if protocol == "postgres":
+        return ["psql", "-X", "-v", "ON_ERROR_STOP=1"] + (["-A", "-F", "\t", "--pset=footer=off"] if machine else []) + ["-c", sql]
+    if protocol == "mysql":
+        return default_client(protocol) + (["--batch"] if machine else ["--table"]) + ["-e", sql]
+    raise UsageError(f"-c needs a database connection, and '{protocol}' is not one")
+
+
+def with_mysql_identity(argv: list[str], creds: Credentials, database: str) -> list[str]:
+    """MariaDB/MySQL clients read no user name from the environment: when the command is one of
+    them and names no user, hoop adds --user (and the database) — names only, never a password."""
+    if not argv or os.path.basename(argv[0]) not in MYSQL_CLIENTS:
+        return argv
+    rest = argv[1:]
+    extra = []
+    if creds.username and not any(a.startswith(("-u", "--user")) for a in rest):
+        extra.append(f"--user={creds.username}")
+    if database and not any(a.startswith(("-D", "--database")) for a in rest):
+        extra.append(f"--database={database}")
+    return [argv[0], *extra, *rest]
+
+
+def run_child(argv: list[str], env: dict[str, str]) -> int:
+    """Run the command, forwarding SIGINT/SIGTERM/SIGHUP; return its exit code (128+N for a
+    death by signal N), as a shell would."""
+    if not argv:
+        raise UsageError("no command to run", "Use `hoop exec NAME -- CMD ARGS…`.")
+    if shutil.which(argv[0], path=env.get("PATH")) is None:
+        raise UsageError(f"command not found: {argv[0]}", "Install it or give its full path.")
+    child = subprocess.Popen(argv, env=env)
+    previous = {}
+
+    def forward(signum, _frame):
+        try:
+            child.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in FORWARDED_SIGNALS:
+        previous[sig] = signal.signal(sig, forward)
+    try:
+        while True:
+            try:
+                code = child.wait()
+                break
+            except KeyboardInterrupt:  # a handler we did not install; keep waiting for the child
+                continue
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 128 - code if code < 0 else code
