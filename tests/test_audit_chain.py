@@ -57,6 +57,7 @@ def test_timestamps_are_rfc3339_utc_microseconds():
     assert format_ts(datetime(2024, 5, 1, 14, 0, tzinfo=plus2)) == "2024-05-01T12:00:00.000000Z"
     assert format_ts("2024-05-01T12:00:00.5Z") == "2024-05-01T12:00:00.500000Z"
     assert format_ts("2024-05-01T12:00:00") == "2024-05-01T12:00:00.000000Z"
+    assert format_ts("1714564800.25") == format_ts(1714564800.25) == "2024-05-01T12:00:00.250000Z"
     with pytest.raises(ValueError):
         format_ts("yesterday")
 

@@ -60,12 +60,24 @@ TEXT_FIELDS = (
 )
 
 
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
 def format_ts(value: Any) -> str:
-    """RFC 3339, UTC, microseconds, `Z`: `2024-05-01T12:00:00.000000Z` (sorts as text)."""
+    """RFC 3339, UTC, microseconds, `Z`: `2024-05-01T12:00:00.000000Z` (sorts as text).
+
+    Accepts a datetime (naive = UTC), an RFC 3339 / ISO 8601 string, or Unix seconds
+    (a number or a numeric string)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         dt = datetime.fromtimestamp(value, tz=timezone.utc)
     elif isinstance(value, datetime):
         dt = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    elif isinstance(value, str) and _is_number(value):
+        dt = datetime.fromtimestamp(float(value), tz=timezone.utc)
     elif isinstance(value, str):
         text = value.strip()
         if text.endswith(("Z", "z")):
