@@ -63,7 +63,7 @@ def test_submit_is_cheap_and_never_touches_the_store(store):
     tickets = [writer.submit(record) for _ in range(2000)]
     per_submit = (time.perf_counter() - started) / 2000
     assert tickets == list(range(1, 2001))
-    assert per_submit < 50e-6
+    assert per_submit < 200e-6  # ~2-3 µs on a laptop
     assert writer.flush(10)
     assert threading.get_ident() not in flaky.threads
     assert max(flaky.batches) <= 100 and len(flaky.batches) < 2000  # batched
@@ -82,16 +82,16 @@ def test_flush_waits_for_what_was_submitted(store):
 
 
 def test_timestamp_is_taken_at_submit(store):
-    writer = AuditWriter(store, interval=0.3)
+    writer = AuditWriter(store, interval=5.0)
     before = time.time()
     writer.submit({"kind": "connect"})
-    time.sleep(0.05)
+    time.sleep(0.3)  # stored at close, long after
     writer.close()
     (record,) = store.query()
     from datetime import datetime
 
     ts = datetime.fromisoformat(record["ts"].replace("Z", "+00:00")).timestamp()
-    assert before <= ts < before + 0.04
+    assert before <= ts < before + 0.2
 
 
 def test_a_failing_store_makes_the_writer_unhealthy_until_it_recovers(store):
