@@ -1,0 +1,345 @@
+"""Approval requests for held statements, and the one-use grants approvers hand out.
+
+The gate files a request when the policy says `require_approval`; an approver (a member of
+one of the approver groups, and never the requester) approves or denies it; an approval lets
+exactly that statement text through once, for the same identity on the same connection,
+within a window. The book lives in memory and is thread-safe; a store (anything with
+`save(request)` and `load()`) can keep it across restarts.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Callable, Iterable, Literal, Protocol
+
+__all__ = [
+    "ApprovalBook",
+    "ApprovalRequest",
+    "ApprovalStateError",
+    "ApprovalStore",
+    "DEFAULT_GRANT_WINDOW",
+    "DEFAULT_PENDING_TTL",
+]
+
+log = logging.getLogger(__name__)
+
+Status = Literal["pending", "approved", "denied", "used", "expired"]
+STATUSES: tuple[str, ...] = ("pending", "approved", "denied", "used", "expired")
+
+DEFAULT_GRANT_WINDOW = 15 * 60.0  # an approval must be used within this many seconds
+DEFAULT_PENDING_TTL = 60 * 60.0  # an undecided request expires after this many seconds
+DEFAULT_RETENTION = 24 * 60 * 60.0  # finished requests are forgotten after this many seconds
+DEFAULT_MAX_PENDING_PER_SUB = 100
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalRequest:
+    """A snapshot: the book replaces it on every change, so holders never see it move."""
+
+    id: str
+    sub: str
+    connection: str
+    statement: str
+    categories: tuple[str, ...]
+    created_at: float
+    expires_at: float  # a pending request expires here; an approved grant at grant_expires_at
+    status: Status = "pending"
+    decided_by: str | None = None
+    decided_at: float | None = None
+    reason: str = ""
+    grant_expires_at: float | None = None
+    used_at: float | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.sub, self.connection, self.statement)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["categories"] = list(self.categories)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ApprovalRequest:
+        return cls(**{**data, "categories": tuple(data.get("categories", ()))})
+
+
+class ApprovalStateError(ValueError):
+    """The request is not pending any more (already decided, used or expired)."""
+
+
+class ApprovalStore(Protocol):
+    """Persistence hook: the book calls `save` after every change and `load` once at start."""
+
+    def save(self, request: ApprovalRequest) -> None: ...
+
+    def load(self) -> Iterable[ApprovalRequest]: ...
+
+
+def _new_id() -> str:
+    return secrets.token_hex(4)  # 8 hex digits: short to type, unambiguous to read
+
+
+class ApprovalBook:
+    """Approval requests in memory (thread-safe), with one-use grants.
+
+    approver_groups: names of the groups whose members may decide; none means nobody can.
+    grant_window: seconds an approval stays usable (default 15 min).
+    pending_ttl: seconds a request waits for a decision before it expires (default 1 h).
+    on_request(request): called for each new request (not for a reused one), e.g. a webhook.
+    on_decision(request): called after approve, deny and consume, e.g. an audit record.
+    Callbacks run outside the lock; their exceptions are logged and swallowed.
+    """
+
+    def __init__(
+        self,
+        approver_groups: Iterable[str] = (),
+        *,
+        grant_window: float = DEFAULT_GRANT_WINDOW,
+        pending_ttl: float = DEFAULT_PENDING_TTL,
+        retention: float = DEFAULT_RETENTION,
+        max_pending_per_sub: int = DEFAULT_MAX_PENDING_PER_SUB,
+        clock: Callable[[], float] = time.time,
+        on_request: Callable[[ApprovalRequest], None] | None = None,
+        on_decision: Callable[[ApprovalRequest], None] | None = None,
+        store: ApprovalStore | None = None,
+        id_factory: Callable[[], str] = _new_id,
+    ) -> None:
+        if isinstance(approver_groups, str):
+            raise TypeError("approver_groups must be a collection of group names, not one string")
+        for name, value in (("grant_window", grant_window), ("pending_ttl", pending_ttl), ("retention", retention)):
+            if not value > 0:
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        self.approver_groups = frozenset(approver_groups)
+        self.grant_window = float(grant_window)
+        self.pending_ttl = float(pending_ttl)
+        self.retention = float(retention)
+        self.max_pending_per_sub = max_pending_per_sub
+        self._clock = clock
+        self.on_request = on_request
+        self.on_decision = on_decision
+        self._store = store
+        self._new_id = id_factory
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._requests: dict[str, ApprovalRequest] = {}
+        self._pending_by_key: dict[tuple[str, str, str], str] = {}
+        self._approved_by_key: dict[tuple[str, str, str], list[str]] = {}
+        if store is not None:
+            for request in store.load():
+                self._index(request)
+
+    # ---- bookkeeping (lock held) -----------------------------------------------------------
+
+    def _index(self, request: ApprovalRequest) -> None:
+        old = self._requests.get(request.id)
+        if old is not None:
+            if old.status == "pending" and self._pending_by_key.get(old.key) == old.id:
+                del self._pending_by_key[old.key]
+            elif old.status == "approved":
+                ids = self._approved_by_key.get(old.key, [])
+                if old.id in ids:
+                    ids.remove(old.id)
+                if not ids:
+                    self._approved_by_key.pop(old.key, None)
+        self._requests[request.id] = request
+        if request.status == "pending":
+            self._pending_by_key[request.key] = request.id
+        elif request.status == "approved":
+            self._approved_by_key.setdefault(request.key, []).append(request.id)
+
+    def _put(self, request: ApprovalRequest, changed: list[ApprovalRequest]) -> ApprovalRequest:
+        self._index(request)
+        changed.append(request)
+        self._changed.notify_all()
+        return request
+
+    def _expire(self, request: ApprovalRequest, now: float, changed: list[ApprovalRequest]) -> ApprovalRequest:
+        """The request as it stands at `now`: pending past its TTL or approved past its window expire."""
+        if request.status == "pending" and now >= request.expires_at:
+            return self._put(replace(request, status="expired"), changed)
+        if request.status == "approved" and request.grant_expires_at is not None and now >= request.grant_expires_at:
+            return self._put(replace(request, status="expired"), changed)
+        return request
+
+    def _sweep(self, now: float, changed: list[ApprovalRequest]) -> None:
+        for request in list(self._requests.values()):
+            request = self._expire(request, now, changed)
+            if request.status not in ("pending", "approved"):
+                finished = request.used_at or request.decided_at or request.expires_at
+                if now - finished >= self.retention:
+                    del self._requests[request.id]
+
+    def _save(self, changed: list[ApprovalRequest]) -> None:
+        """Persist and report changes; called without the lock held."""
+        if self._store is not None:
+            for request in changed:
+                try:
+                    self._store.save(request)
+                except Exception:  # the book stays authoritative in memory
+                    log.exception("approval store failed to save request %s", request.id)
+
+    @staticmethod
+    def _call(hook: Callable[[ApprovalRequest], None] | None, request: ApprovalRequest) -> None:
+        if hook is None:
+            return
+        try:
+            hook(request)
+        except Exception:
+            log.exception("approval hook failed for request %s", request.id)
+
+    # ---- the gate's side -------------------------------------------------------------------
+
+    def request(self, sub: str, connection: str, statement: str, categories: Iterable[str] = ()) -> ApprovalRequest:
+        """File a request, or return the pending one for the same (sub, connection, statement).
+
+        Raises PermissionError when `sub` already has `max_pending_per_sub` pending requests."""
+        changed: list[ApprovalRequest] = []
+        created = None
+        with self._lock:
+            now = self._clock()
+            key = (sub, connection, statement)
+            existing_id = self._pending_by_key.get(key)
+            if existing_id is not None:
+                existing = self._expire(self._requests[existing_id], now, changed)
+                if existing.status == "pending":
+                    return existing
+            self._sweep(now, changed)
+            pending = sum(1 for r in self._requests.values() if r.status == "pending" and r.sub == sub)
+            if pending >= self.max_pending_per_sub:
+                raise PermissionError(
+                    f"too many approval requests pending for {sub} ({pending}); wait for an approver to decide"
+                )
+            request_id = self._new_id().lower()
+            while request_id in self._requests:
+                request_id = self._new_id().lower()
+            created = self._put(
+                ApprovalRequest(
+                    id=request_id,
+                    sub=sub,
+                    connection=connection,
+                    statement=statement,
+                    categories=tuple(categories),
+                    created_at=now,
+                    expires_at=now + self.pending_ttl,
+                ),
+                changed,
+            )
+        self._save(changed)
+        self._call(self.on_request, created)
+        return created
+
+    def consume(self, sub: str, connection: str, statement: str) -> ApprovalRequest | None:
+        """Use the oldest live approval of exactly this statement for this sub and connection.
+
+        Returns it marked `used` (its one use is spent), or None when there is none."""
+        key = (sub, connection, statement)
+        changed: list[ApprovalRequest] = []
+        used = None
+        with self._lock:
+            now = self._clock()
+            for request_id in list(self._approved_by_key.get(key, ())):
+                request = self._expire(self._requests[request_id], now, changed)
+                if request.status == "approved":
+                    used = self._put(replace(request, status="used", used_at=now), changed)
+                    break
+        self._save(changed)
+        if used is not None:
+            self._call(self.on_decision, used)
+        return used
+
+    # ---- the approver's side ---------------------------------------------------------------
+
+    def approve(self, request_id: str, approver_sub: str, approver_groups: Iterable[str], reason: str = "") -> ApprovalRequest:
+        """Grant one use of the request's statement, within `grant_window` seconds from now."""
+        return self._decide(request_id, approver_sub, approver_groups, reason, "approved")
+
+    def deny(self, request_id: str, approver_sub: str, approver_groups: Iterable[str], reason: str = "") -> ApprovalRequest:
+        return self._decide(request_id, approver_sub, approver_groups, reason, "denied")
+
+    def _decide(self, request_id: str, approver_sub: str, approver_groups: Iterable[str], reason: str, status: Status) -> ApprovalRequest:
+        verb = "approve" if status == "approved" else "deny"
+        changed: list[ApprovalRequest] = []
+        try:
+            with self._lock:
+                now = self._clock()
+                request = self._get(request_id)
+                if approver_sub == request.sub:
+                    raise PermissionError(
+                        f"{approver_sub} cannot {verb} request {request.id}: it is their own; another approver must decide"
+                    )
+                if self.approver_groups.isdisjoint(approver_groups):
+                    if not self.approver_groups:
+                        raise PermissionError(f"cannot {verb} request {request.id}: no approver groups are configured")
+                    raise PermissionError(
+                        f"{approver_sub} cannot {verb} request {request.id}: "
+                        f"approvers must be in one of the groups {', '.join(sorted(self.approver_groups))}"
+                    )
+                request = self._expire(request, now, changed)
+                if request.status != "pending":
+                    raise ApprovalStateError(f"request {request.id} is {request.status}, not pending")
+                decided = self._put(
+                    replace(
+                        request,
+                        status=status,
+                        decided_by=approver_sub,
+                        decided_at=now,
+                        reason=reason,
+                        grant_expires_at=now + self.grant_window if status == "approved" else None,
+                    ),
+                    changed,
+                )
+        finally:
+            self._save(changed)
+        self._call(self.on_decision, decided)
+        return decided
+
+    # ---- reading ---------------------------------------------------------------------------
+
+    def _get(self, request_id: str) -> ApprovalRequest:
+        request = self._requests.get(str(request_id).strip().lower())
+        if request is None:
+            raise KeyError(f"no approval request {request_id!r}")
+        return request
+
+    def get(self, request_id: str) -> ApprovalRequest:
+        """The request as it stands now; KeyError for an unknown id."""
+        changed: list[ApprovalRequest] = []
+        with self._lock:
+            request = self._expire(self._get(request_id), self._clock(), changed)
+        self._save(changed)
+        return request
+
+    def list(self, status: str | None = None) -> list[ApprovalRequest]:
+        """Requests (all, or those with `status`), oldest first."""
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}: expected one of {', '.join(STATUSES)}")
+        changed: list[ApprovalRequest] = []
+        with self._lock:
+            self._sweep(self._clock(), changed)
+            found = [r for r in self._requests.values() if status is None or r.status == status]
+        self._save(changed)
+        return sorted(found, key=lambda r: (r.created_at, r.id))
+
+    def wait(self, request_id: str, timeout: float | None = None) -> Status:
+        """Block until the request leaves `pending` or `timeout` seconds pass; return its status.
+
+        A request that expires while waited on returns "expired" (checked at least once a
+        second, since the book's clock may not be wall time)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        changed: list[ApprovalRequest] = []
+        with self._lock:
+            while True:
+                request = self._expire(self._get(request_id), self._clock(), changed)
+                if request.status != "pending":
+                    break
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                self._changed.wait(1.0 if remaining is None else min(remaining, 1.0))
+        self._save(changed)
+        return request.status

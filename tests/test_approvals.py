@@ -1,0 +1,259 @@
+"""ApprovalBook: who may decide, one-use grants, windows and expiry, reuse, wait()."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+
+import pytest
+
+from hoopcli.gateway.approvals import ApprovalBook, ApprovalRequest, ApprovalStateError
+
+STMT = "DROP TABLE orders"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def book(clock):
+    return ApprovalBook({"dba", "sre"}, clock=clock)
+
+
+def test_request_shape_and_reuse_while_pending(book, clock):
+    req = book.request("alice", "app-db", STMT, ("drop",))
+    assert re.fullmatch(r"[0-9a-f]{8}", req.id)
+    assert (req.sub, req.connection, req.statement, req.status) == ("alice", "app-db", STMT, "pending")
+    assert req.categories == ("drop",) and req.created_at == clock.now
+    clock.now += 60
+    assert book.request("alice", "app-db", STMT).id == req.id  # no spam
+    assert book.request("bob", "app-db", STMT).id != req.id
+    assert book.request("alice", "other-db", STMT).id != req.id
+    assert book.request("alice", "app-db", STMT + ";").id != req.id
+    assert len(book.list()) == 4 and len(book.list("pending")) == 4
+
+
+def test_self_approval_refused_even_for_an_approver(book):
+    req = book.request("carol", "app-db", STMT)
+    with pytest.raises(PermissionError, match="their own"):
+        book.approve(req.id, "carol", ["dba"])
+    with pytest.raises(PermissionError, match="their own"):
+        book.deny(req.id, "carol", ["dba"])
+    assert book.get(req.id).status == "pending"
+
+
+def test_non_approver_refused(book):
+    req = book.request("alice", "app-db", STMT)
+    with pytest.raises(PermissionError, match="approvers must be in one of the groups dba, sre"):
+        book.approve(req.id, "mallory", ["dev"])
+    with pytest.raises(PermissionError):
+        book.deny(req.id, "mallory", [])
+    assert book.get(req.id).status == "pending"
+
+
+def test_no_approver_groups_means_nobody(clock):
+    book = ApprovalBook(clock=clock)
+    req = book.request("alice", "app-db", STMT)
+    with pytest.raises(PermissionError, match="no approver groups"):
+        book.approve(req.id, "carol", ["dba"])
+
+
+def test_approval_is_one_use_of_the_exact_statement(book):
+    req = book.request("alice", "app-db", STMT)
+    assert book.consume("alice", "app-db", STMT) is None  # not approved yet
+    approved = book.approve(req.id, "carol", ["dba"], "change ticket 42")
+    assert (approved.status, approved.decided_by, approved.reason) == ("approved", "carol", "change ticket 42")
+    assert book.consume("bob", "app-db", STMT) is None  # someone else
+    assert book.consume("alice", "other-db", STMT) is None  # elsewhere
+    assert book.consume("alice", "app-db", STMT.lower()) is None  # other text
+    used = book.consume("alice", "app-db", STMT)
+    assert used is not None and used.id == req.id and used.status == "used"
+    assert book.consume("alice", "app-db", STMT) is None  # spent
+    assert book.get(req.id).status == "used"
+    with pytest.raises(ApprovalStateError):
+        book.approve(req.id, "dave", ["sre"])
+
+
+def test_grant_window_expires(clock):
+    book = ApprovalBook({"dba"}, clock=clock, grant_window=300)
+    req = book.request("alice", "app-db", STMT)
+    book.approve(req.id, "carol", ["dba"])
+    clock.now += 299
+    first = book.request("alice", "app-db", "TRUNCATE t")
+    book.approve(first.id, "carol", ["dba"])
+    assert book.consume("alice", "app-db", "TRUNCATE t") is not None
+    clock.now += 2  # 301 s after the approval of STMT
+    assert book.consume("alice", "app-db", STMT) is None
+    assert book.get(req.id).status == "expired"
+
+
+def test_default_grant_window_is_fifteen_minutes(book, clock):
+    req = book.request("alice", "app-db", STMT)
+    approved = book.approve(req.id, "carol", ["dba"])
+    assert approved.grant_expires_at == clock.now + 15 * 60
+
+
+def test_pending_requests_expire(clock):
+    book = ApprovalBook({"dba"}, clock=clock, pending_ttl=3600)
+    req = book.request("alice", "app-db", STMT)
+    clock.now += 3600
+    assert book.get(req.id).status == "expired"
+    with pytest.raises(ApprovalStateError, match="expired"):
+        book.approve(req.id, "carol", ["dba"])
+    again = book.request("alice", "app-db", STMT)  # a fresh request after expiry
+    assert again.id != req.id and again.status == "pending"
+
+
+def test_deny_path(book):
+    req = book.request("alice", "app-db", STMT)
+    denied = book.deny(req.id, "carol", ["sre"], "not during the sale")
+    assert (denied.status, denied.decided_by, denied.reason, denied.grant_expires_at) == (
+        "denied", "carol", "not during the sale", None)
+    assert book.consume("alice", "app-db", STMT) is None
+    with pytest.raises(ApprovalStateError, match="denied"):
+        book.approve(req.id, "dave", ["dba"])
+    assert book.request("alice", "app-db", STMT).id != req.id  # asking again is a new request
+    assert [r.id for r in book.list("denied")] == [req.id]
+
+
+def test_unknown_id_and_bad_status(book):
+    with pytest.raises(KeyError, match="no approval request"):
+        book.approve("deadbeef", "carol", ["dba"])
+    with pytest.raises(ValueError):
+        book.list("maybe")
+
+
+def test_ids_are_case_insensitive_and_collisions_retried(clock):
+    ids = iter(["abcd0001", "abcd0001", "abcd0002"])
+    book = ApprovalBook({"dba"}, clock=clock, id_factory=lambda: next(ids))
+    a = book.request("alice", "app-db", "DROP TABLE a")
+    b = book.request("alice", "app-db", "DROP TABLE b")
+    assert (a.id, b.id) == ("abcd0001", "abcd0002")
+    assert book.approve(" ABCD0001 ", "carol", ["dba"]).status == "approved"
+
+
+def test_on_request_hook_fires_once_and_failures_are_contained(clock):
+    seen = []
+    decided = []
+
+    def hook(req):
+        seen.append(req.id)
+        raise RuntimeError("webhook down")
+
+    book = ApprovalBook({"dba"}, clock=clock, on_request=hook, on_decision=decided.append)
+    req = book.request("alice", "app-db", STMT)
+    book.request("alice", "app-db", STMT)
+    assert seen == [req.id]
+    book.approve(req.id, "carol", ["dba"])
+    book.consume("alice", "app-db", STMT)
+    assert [r.status for r in decided] == ["approved", "used"]
+
+
+def test_pending_limit_per_sub(clock):
+    book = ApprovalBook({"dba"}, clock=clock, max_pending_per_sub=2)
+    book.request("alice", "app-db", "DROP TABLE a")
+    book.request("alice", "app-db", "DROP TABLE b")
+    with pytest.raises(PermissionError, match="too many"):
+        book.request("alice", "app-db", "DROP TABLE c")
+    book.request("bob", "app-db", "DROP TABLE c")
+
+
+def test_store_hook_saves_and_restores(clock):
+    class Store:
+        def __init__(self):
+            self.rows: dict[str, dict] = {}
+
+        def save(self, request):
+            self.rows[request.id] = request.to_dict()
+
+        def load(self):
+            return [ApprovalRequest.from_dict(row) for row in self.rows.values()]
+
+    store = Store()
+    book = ApprovalBook({"dba"}, clock=clock, store=store)
+    req = book.request("alice", "app-db", STMT, ["drop"])
+    book.approve(req.id, "carol", ["dba"])
+    assert store.rows[req.id]["status"] == "approved"
+
+    restarted = ApprovalBook({"dba"}, clock=clock, store=store)
+    used = restarted.consume("alice", "app-db", STMT)
+    assert used is not None and used.id == req.id and used.categories == ("drop",)
+    assert store.rows[req.id]["status"] == "used"
+
+
+def test_finished_requests_are_forgotten_after_retention(clock):
+    book = ApprovalBook({"dba"}, clock=clock, retention=600)
+    req = book.request("alice", "app-db", STMT)
+    book.deny(req.id, "carol", ["dba"])
+    clock.now += 601
+    assert book.list() == []
+
+
+def test_wait_wakes_on_approve(book):
+    req = book.request("alice", "app-db", STMT)
+    timer = threading.Timer(0.05, book.approve, args=(req.id, "carol", ["dba"]))
+    started = time.monotonic()
+    timer.start()
+    try:
+        assert book.wait(req.id, timeout=5) == "approved"
+    finally:
+        timer.cancel()
+    assert time.monotonic() - started < 2
+
+
+def test_wait_wakes_on_deny(book):
+    req = book.request("alice", "app-db", STMT)
+    timer = threading.Timer(0.05, book.deny, args=(req.id, "carol", ["dba"]))
+    timer.start()
+    try:
+        assert book.wait(req.id, timeout=5) == "denied"
+    finally:
+        timer.cancel()
+
+
+def test_wait_times_out(book):
+    req = book.request("alice", "app-db", STMT)
+    started = time.monotonic()
+    assert book.wait(req.id, timeout=0.1) == "pending"
+    assert 0.09 <= time.monotonic() - started < 1.5
+
+
+def test_wait_returns_at_once_for_a_decided_request(book):
+    req = book.request("alice", "app-db", STMT)
+    book.approve(req.id, "carol", ["dba"])
+    assert book.wait(req.id, timeout=0) == "approved"
+
+
+def test_concurrent_requests_for_one_statement_share_one_request(book):
+    ids = []
+    lock = threading.Lock()
+
+    def ask():
+        r = book.request("alice", "app-db", STMT)
+        with lock:
+            ids.append(r.id)
+
+    threads = [threading.Thread(target=ask) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(ids)) == 1 and len(book.list()) == 1
+
+
+def test_constructor_validation():
+    with pytest.raises(TypeError):
+        ApprovalBook("dba")
+    with pytest.raises(ValueError, match="grant_window"):
+        ApprovalBook({"dba"}, grant_window=0)
