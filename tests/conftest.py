@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.support.oidc",
     "tests.support.pg",
     "tests.support.mariadb",
+    "tests.support.gateway",
 ]

@@ -29,7 +29,14 @@ def require_safe_url(url: str, what: str) -> str:
 def session(ca_file: str = ""):
     import requests
 
-    s = requests.Session()
+    class _Session(requests.Session):
+        # requests lets REQUESTS_CA_BUNDLE override a session's `verify`; hoop's CA choice
+        # must win, so it is passed on every request.
+        def request(self, method, url, **kwargs):
+            kwargs.setdefault("verify", self.verify)
+            return super().request(method, url, **kwargs)
+
+    s = _Session()
     s.verify = ca_file or True
     s.headers["User-Agent"] = "hoop"
     return s

@@ -44,7 +44,7 @@ async def handle_api(gw, request: Request, body: bytes) -> tuple[int, object]:
         requests_ = gw.approvals.list(status=query.get("status"))
         if not set(identity.groups) & set(gw.settings.approver_groups):
             requests_ = [r for r in requests_ if r.sub == identity.sub]
-        return 200, {"approvals": [r.public() for r in requests_]}
+        return 200, {"approvals": [r.to_dict() for r in requests_]}
     if path.startswith("/api/approvals/") and request.method == "POST":
         return _decide(gw, identity, path, body)
     raise BadRequest(404, f"no such endpoint {request.method} {path}")
@@ -97,5 +97,4 @@ def _decide(gw, identity: Identity, path: str, body: bytes):
         raise BadRequest(403, str(exc)) from None
     except ValueError as exc:
         raise BadRequest(409, str(exc)) from None
-    gw.record_decision(request, identity, "approved" if decision == "approve" else "denied", reason)
-    return 200, request.public()
+    return 200, request.to_dict()

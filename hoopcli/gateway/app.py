@@ -36,11 +36,17 @@ class Gateway:
         self.submit = self.writer.submit
         self.policies = self._policies()
         self.approvals = ApprovalBook(
-            approver_groups=set(settings.approver_groups),
-            window_seconds=settings.approval_window_seconds,
+            settings.approver_groups,
+            grant_window=settings.approval_window_seconds,
             on_request=self._approval_requested,
+            on_decision=self._approval_decided,
         )
         self.clients: set = set()
+        self.approval_hook = None
+        if settings.approval_webhook:
+            from hoopcli.gateway.audit import WebhookExporter
+
+            self.approval_hook = WebhookExporter(settings.approval_webhook)
 
     # ---- wiring ----------------------------------------------------------------------
     def _exporters(self) -> list:
@@ -92,7 +98,7 @@ class Gateway:
         from hoopcli.gateway.policy import make_gate
 
         dialect = "mysql" if conn.protocol == "mysql" else "postgres"
-        policy_gate = make_gate(policy, self.approvals, identity, conn.name, dialect)
+        policy_gate = make_gate(policy, self.approvals, (identity.sub, identity.groups), conn.name, dialect)
         return lambda text: policy_gate(text) if writer.healthy else AUDIT_DOWN
 
     def _approval_requested(self, request) -> None:
@@ -107,29 +113,29 @@ class Gateway:
                 "details": {"request_id": request.id, "categories": list(request.categories)},
             }
         )
-        if self.settings.approval_webhook:
-            from hoopcli.gateway.audit import WebhookExporter
+        if self.approval_hook is not None:
+            self.approval_hook.export([{"event": "approval_request", **request.to_dict()}])
 
-            WebhookExporter(self.settings.approval_webhook).export([{"event": "approval_request", **request.public()}])
-
-    def record_decision(self, request, approver: Identity, decision: str, reason: str) -> None:
+    def _approval_decided(self, request) -> None:
+        """Approve, deny and the one use of a grant: each one record, with who and why."""
         self.submit(
             {
                 "kind": "approval_decision",
                 "ts": time.time(),
-                "sub": approver.sub,
-                "email": approver.email,
-                "issuer": approver.issuer,
+                "sub": request.decided_by if request.status != "used" else request.sub,
                 "connection": request.connection,
                 "statement": request.statement,
-                "outcome": decision,
-                "message": reason,
-                "details": {"request_id": request.id, "requester": request.sub},
+                "outcome": request.status,
+                "message": request.reason or None,
+                "details": {"request_id": request.id, "requester": request.sub, "approver": request.decided_by},
             }
         )
 
     def close(self) -> None:
         self.writer.close()
+        self.store.close()
+        if self.approval_hook is not None:
+            self.approval_hook.close()
 
 
 verdict_allow = Verdict("allow")

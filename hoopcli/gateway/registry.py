@@ -22,8 +22,8 @@ class Connection:
     database: str = ""
     # What the client needs to get credentials (broker kind, role, ...): never a secret.
     credentials: dict = field(default_factory=dict)
-    # The statement policy table (see gateway/policy.py), or None for "record only".
-    policy: dict | None = None
+    # The statement policy table or "default" (see gateway/policy.py); None: record only.
+    policy: dict | str | None = None
 
     def allows(self, identity: Identity) -> bool:
         return identity.sub in self.subjects or bool(set(identity.groups) & set(self.groups))
@@ -72,8 +72,6 @@ def connection_from_config(name: str, entry: dict) -> Connection:
     if not subjects and not groups:
         fail("name at least one of subjects = [...] or groups = [...]: nobody may use it otherwise")
     policy = entry.get("policy")
-    if policy == "default":
-        policy = {"rules": "default"}
     return Connection(
         name=name,
         protocol=protocol,

@@ -1,0 +1,228 @@
+"""A real `hoop gateway` process for the session: dev TLS, the test OpenID provider as its
+trusted issuer, the throw-away PostgreSQL (and MariaDB, when its fixture exists) as targets.
+
+Connections:
+  app-db      postgres, groups dba/developers/agents, record only
+  gated-db    postgres, same people, default policy (risky statements held, COPY PROGRAM denied)
+  admin-db    postgres, only the group "nobody" (for 403)
+  app-mysql   mysql, same people as app-db, default policy
+  dead-db     postgres pointing at a closed port (for 502)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support.cli import REPO
+
+STARTUP_TIMEOUT = 30
+
+
+@dataclass
+class GatewayProcess:
+    url: str
+    ca_file: str
+    audit_store: str
+    jsonl: str
+    workdir: Path
+    proc: subprocess.Popen
+    config: Path
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def raw(self, request: bytes, timeout: float = 10) -> bytes:
+        """Send bytes over TLS to the gateway and return everything it answers until it closes."""
+        ctx = ssl.create_default_context(cafile=self.ca_file)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+            with ctx.wrap_socket(sock, server_hostname="127.0.0.1") as tls:
+                tls.sendall(request)
+                chunks = []
+                with contextlib.suppress(OSError):
+                    while True:
+                        data = tls.recv(65536)
+                        if not data:
+                            break
+                        chunks.append(data)
+        return b"".join(chunks)
+
+    def connect_status(self, target: str, token: str | None) -> tuple[int, dict]:
+        auth = f"Proxy-Authorization: Bearer {token}\r\n" if token else ""
+        answer = self.raw(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n".encode())
+        return parse_response(answer)
+
+    def records(self, **filters) -> list[dict]:
+        """Every record so far, read straight from the store (after the writer's batch interval)."""
+        from hoopcli.gateway.audit import open_store
+
+        time.sleep(0.3)
+        with open_store(self.audit_store) as store:
+            return store.query(**filters)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+def parse_response(answer: bytes) -> tuple[int, dict]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/1.1 ") else 0
+    try:
+        return status, json.loads(body or b"{}")
+    except ValueError:
+        return status, {}
+
+
+def gateway_config(issuer: str, pg_port: int, mysql_port: int | None, workdir: Path) -> str:
+    people = '["dba", "developers", "agents"]'
+    text = f"""
+[gateway]
+listen = "127.0.0.1:0"
+audit_store = "audit.db"
+
+[gateway.export]
+jsonl = "audit.jsonl"
+
+[gateway.approvals]
+approver_groups = ["approvers"]
+window_seconds = 300
+
+[[issuers]]
+issuer = "{issuer}"
+audiences = ["hoop-cli"]
+
+[connections.app-db]
+protocol = "postgres"
+target = "127.0.0.1:{pg_port}"
+groups = {people}
+database = "app"
+description = "application database (record only)"
+credentials = {{ broker = "none", user = "app_user" }}
+
+[connections.gated-db]
+protocol = "postgres"
+target = "127.0.0.1:{pg_port}"
+groups = {people}
+database = "app"
+credentials = {{ broker = "none", user = "app_user" }}
+policy = "default"
+
+[connections.admin-db]
+protocol = "postgres"
+target = "127.0.0.1:{pg_port}"
+groups = ["nobody"]
+
+[connections.dead-db]
+protocol = "postgres"
+target = "127.0.0.1:{_closed_port()}"
+groups = {people}
+"""
+    if mysql_port:
+        text += f"""
+[connections.app-mysql]
+protocol = "mysql"
+target = "127.0.0.1:{mysql_port}"
+groups = {people}
+database = "app"
+credentials = {{ broker = "none", user = "app_user" }}
+policy = "default"
+"""
+    return text
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def start_gateway(config_text: str, workdir: Path):
+    config = workdir / "gateway.toml"
+    config.write_text(config_text)
+    log = open(workdir / "gateway.log", "wb")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hoopcli", "gateway", "--config", str(config), "--dev-tls", str(workdir / "tls"), "--json"],
+        cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        line = _read_line(proc, STARTUP_TIMEOUT)
+        if not line:
+            proc.kill()
+            pytest.fail("the gateway did not start:\n" + (workdir / "gateway.log").read_text()[-3000:], pytrace=False)
+        event = json.loads(line)
+        yield GatewayProcess(event["url"], event["ca_file"], event["audit_store"], str(workdir / "audit.jsonl"), workdir, proc, config)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        log.close()
+
+
+def _read_line(proc: subprocess.Popen, timeout: float) -> str:
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if sel.select(timeout=0.2):
+            return proc.stdout.readline().decode()
+    return ""
+
+
+@pytest.fixture(scope="session")
+def gateway(request, oidc_provider, pg_server):
+    try:
+        mysql = request.getfixturevalue("mariadb_server")
+        mysql_port = mysql.port
+    except pytest.FixtureLookupError:
+        mysql_port = None
+    workdir = Path(tempfile.mkdtemp(prefix="hoop-gateway-"))
+    with start_gateway(gateway_config(oidc_provider.issuer, pg_server.port, mysql_port, workdir), workdir) as gw:
+        yield gw
+
+
+@pytest.fixture(scope="session")
+def tokens(oidc_provider):
+    """Real id_tokens from the test provider, one per person, made once per session."""
+    cache: dict[str, str] = {}
+
+    def get(login: str) -> str:
+        if login not in cache:
+            cache[login] = oidc_provider.device_login(login)["id_token"]
+        return cache[login]
+
+    return get
+
+
+@pytest.fixture
+def as_user(tmp_path, gateway, tokens):
+    """as_user(login) -> env for running hoop as a subprocess signed in as that person
+    (HOOP_TOKEN, the gateway URL and its development CA; a temp HOME)."""
+    from tests.support.cli import subprocess_env
+
+    def env_for(login: str, **extra) -> dict:
+        home = tmp_path / f"home-{login}"
+        home.mkdir(exist_ok=True)
+        return subprocess_env(home, HOOP_TOKEN=tokens(login), HOOP_GATEWAY=gateway.url, HOOP_CA_FILE=gateway.ca_file, **extra)
+
+    return env_for
