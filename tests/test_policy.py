@@ -397,3 +397,49 @@ def test_gate_without_a_book_denies_what_needs_approval():
 def test_gate_rejects_unknown_dialect_up_front():
     with pytest.raises(ValueError):
         make_gate(Policy(), None, ALICE, "app-db", "sqlite")
+
+
+# ---- fuzzing --------------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SQLISH = st.text(
+    alphabet=st.sampled_from(list("'\"`\\$;-#/*!Mé \n\tselctdropablxE0123(),=")), max_size=60
+)
+
+
+@FAST
+@given(text=st.text(max_size=80) | SQLISH, dialect=st.sampled_from([PG, MY]))
+def test_classify_never_raises_and_names_known_categories(text, dialect):
+    for part in classify(text, dialect):
+        assert part.categories and set(part.categories) <= CATEGORIES
+
+
+@FAST
+@given(value=st.text(max_size=40) | SQLISH)
+def test_a_drop_after_any_pg_literal_is_seen(value):
+    value = value.replace("\x00", "")
+    literal = "'" + value.replace("'", "''") + "'"
+    parts = classify(f"SELECT {literal}; DROP TABLE x", PG)
+    assert any("drop" in p.categories for p in parts)
+
+
+@FAST
+@given(value=st.text(max_size=40) | SQLISH, quote=st.sampled_from(["'", '"']))
+def test_a_drop_after_any_mysql_literal_is_seen(value, quote):
+    literal = quote + value.replace("\\", "\\\\").replace(quote, quote * 2) + quote
+    parts = classify(f"SELECT {literal}; DROP TABLE x", MY)
+    assert any("drop" in p.categories for p in parts)
+
+
+def test_gate_fails_closed_when_the_policy_breaks(monkeypatch):
+    gate = make_gate(Policy(), None, ALICE, "app-db", PG)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(Policy, "decide", broken)
+    verdict = gate("SELECT 1")
+    assert verdict.action == "deny" and "could not judge" in verdict.message

@@ -254,14 +254,24 @@ class ApprovalBook:
 
     # ---- the approver's side ---------------------------------------------------------------
 
-    def approve(self, request_id: str, approver_sub: str, approver_groups: Iterable[str], reason: str = "") -> ApprovalRequest:
-        """Grant one use of the request's statement, within `grant_window` seconds from now."""
+    def approve(
+        self, request_id: str, approver_sub: str, approver_groups: Iterable[str], reason: str = ""
+    ) -> ApprovalRequest:
+        """Grant one use of the request's statement, within `grant_window` seconds from now.
+
+        PermissionError when the approver is the requester or in none of the approver groups;
+        ApprovalStateError when the request is no longer pending; KeyError for an unknown id."""
         return self._decide(request_id, approver_sub, approver_groups, reason, "approved")
 
-    def deny(self, request_id: str, approver_sub: str, approver_groups: Iterable[str], reason: str = "") -> ApprovalRequest:
+    def deny(
+        self, request_id: str, approver_sub: str, approver_groups: Iterable[str], reason: str = ""
+    ) -> ApprovalRequest:
+        """Refuse the request; the same rules about who may decide apply as for `approve`."""
         return self._decide(request_id, approver_sub, approver_groups, reason, "denied")
 
-    def _decide(self, request_id: str, approver_sub: str, approver_groups: Iterable[str], reason: str, status: Status) -> ApprovalRequest:
+    def _decide(
+        self, request_id: str, approver_sub: str, approver_groups: Iterable[str], reason: str, status: Status
+    ) -> ApprovalRequest:
         verb = "approve" if status == "approved" else "deny"
         changed: list[ApprovalRequest] = []
         try:
@@ -270,11 +280,14 @@ class ApprovalBook:
                 request = self._get(request_id)
                 if approver_sub == request.sub:
                     raise PermissionError(
-                        f"{approver_sub} cannot {verb} request {request.id}: it is their own; another approver must decide"
+                        f"{approver_sub} cannot {verb} request {request.id}: it is their own; "
+                        "another approver must decide"
                     )
                 if self.approver_groups.isdisjoint(approver_groups):
                     if not self.approver_groups:
-                        raise PermissionError(f"cannot {verb} request {request.id}: no approver groups are configured")
+                        raise PermissionError(
+                            f"cannot {verb} request {request.id}: no approver groups are configured"
+                        )
                     raise PermissionError(
                         f"{approver_sub} cannot {verb} request {request.id}: "
                         f"approvers must be in one of the groups {', '.join(sorted(self.approver_groups))}"

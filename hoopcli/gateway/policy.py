@@ -38,6 +38,8 @@ from hoopcli.gateway.protocols.base import ALLOW, Gate, Verdict
 if TYPE_CHECKING:  # pragma: no cover
     from hoopcli.gateway.approvals import ApprovalBook
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "ACTIONS",
     "CATEGORIES",
@@ -282,6 +284,9 @@ def _pg_parse(sql: str) -> list[StatementClass] | None:
     try:
         text = parse_sql_json(sql)
     except ParseError:
+        return None
+    except Exception:  # anything else the parser raises also means it cannot read the text
+        log.exception("pglast failed on a statement of %d characters", len(sql))
         return None
     tree = json.loads(text)
     walk = any(marker in text for marker in _PG_DML_MARKERS)
@@ -624,8 +629,9 @@ def _my_statement(st: _MyStatement, depth: int) -> tuple[set[str], str]:
             cats.add("explain")
     elif first == "PREPARE":
         cats.add("prepare")
-        after = words[words.index("FROM") + 1] if "FROM" in words[:4] and words.index("FROM") + 1 < len(words) else ""
-        if after == "'" and st.strings:
+        # PREPARE name FROM 'text' | FROM @variable
+        source = words[words.index("FROM") + 1 : words.index("FROM") + 2] if "FROM" in words[:4] else []
+        if source == ["'"] and st.strings:
             for sub in _classify_mysql_text(st.strings[0], depth + 1):
                 cats.update(sub.categories)
                 note = note or sub.note
@@ -916,7 +922,11 @@ def make_gate(
     _classify("", dialect)  # reject an unknown dialect now, not on the first statement
 
     def gate(text: str) -> Verdict:
-        decision = policy.decide(text, identity, dialect)
+        try:
+            decision = policy.decide(text, identity, dialect)
+        except Exception:  # a bug here must not forward an unjudged statement
+            log.exception("policy failed on a statement for %s on %s", sub, connection)
+            return Verdict("deny", "hoop: statement refused: the policy could not judge it (see gateway log)")
         if decision.action == "allow":
             return ALLOW
         if decision.action == "deny":
