@@ -38,10 +38,9 @@ class GatewayAPI:
         return self._call("GET", "/api/connections")["connections"]
 
     def connection(self, name: str) -> dict:
-        for conn in self.connections():
-            if conn["name"] == name:
-                return conn
-        raise NotFound(f"no connection named '{name}' that you may use", "List them with `hoop connections`.")
+        from urllib.parse import quote
+
+        return self._call("GET", f"/api/connections/{quote(name, safe='')}")
 
     def approvals(self, status: str | None = None) -> list[dict]:
         return self._call("GET", "/api/approvals", params={"status": status} if status else None)["approvals"]

@@ -2,6 +2,7 @@
 
 GET  /healthz                              no auth
 GET  /api/connections                      connections the caller may use
+GET  /api/connections/{name}               one of them (404 unknown, 403 not allowed)
 GET  /api/audit?sub=&connection=&since=&kind=&limit=   auditors only
 GET  /api/audit/verify                     auditors only
 GET  /api/approvals?status=                approvers see all; others their own
@@ -31,6 +32,13 @@ async def handle_api(gw, request: Request, body: bytes) -> tuple[int, object]:
     loop = asyncio.get_running_loop()
     if path == "/api/connections" and request.method == "GET":
         return 200, {"connections": [c.public() | {"port": c.port} for c in gw.registry.visible_to(identity)]}
+    if path.startswith("/api/connections/") and request.method == "GET":
+        conn = gw.registry.get(path.rsplit("/", 1)[1])
+        if conn is None:
+            raise BadRequest(404, f"no connection named {path.rsplit('/', 1)[1]}")
+        if not conn.allows(identity):
+            raise BadRequest(403, f"{identity.label} may not use {conn.name}")
+        return 200, conn.public() | {"port": conn.port}
     if path == "/api/whoami" and request.method == "GET":
         return 200, identity.public()
     if path.startswith("/api/audit") and request.method == "GET":
