@@ -121,6 +121,20 @@ def whoami(json_out: bool = JsonOpt) -> None:
     emit_json(who) if json_out else key_values(who)
 
 
+@app.command()
+def agent(
+    lifetime: str = typer.Option("8h", "--lifetime", help="Exit by itself after this long: 90s, 30m, 8h."),
+    stop: bool = typer.Option(False, "--stop", help="Stop the agent at HOOP_AGENT_SOCK."),
+    foreground: bool = typer.Option(False, "--foreground", help="Do not detach; log to stderr until stopped."),
+    detached: bool = typer.Option(False, "--detached", hidden=True),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Hold sessions in memory for headless machines, like ssh-agent: eval "$(hoop agent)"."""
+    from hoopcli.auth import agent as holder
+
+    holder.command(lifetime=lifetime, stop=stop, foreground=foreground, detached=detached, json_out=json_out)
+
+
 # ---- config -------------------------------------------------------------------------------
 
 
