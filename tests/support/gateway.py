@@ -3,7 +3,7 @@ trusted issuer, the throw-away PostgreSQL (and MariaDB, when its fixture exists)
 
 Connections:
   app-db      postgres, groups dba/developers/agents, record only
-  gated-db    postgres, same people, default policy (risky statements held, COPY PROGRAM denied)
+  gated-db    postgres, same people and carol (an approver), default policy (risky held, COPY PROGRAM denied)
   admin-db    postgres, only the group "nobody" (for 403)
   app-mysql   mysql, same people as app-db, default policy
   dead-db     postgres pointing at a closed port (for 502)
@@ -116,6 +116,7 @@ credentials = {{ broker = "none", user = "app_user" }}
 protocol = "postgres"
 target = "127.0.0.1:{pg_port}"
 groups = {people}
+subjects = ["carol"]
 database = "app"
 credentials = {{ broker = "none", user = "app_user" }}
 policy = "default"
