@@ -579,7 +579,7 @@ class MySQLEngine:
             return 0, False  # only the first byte matters; auth contents are never read
         if first == 0xFF or first == -1 or (first == 0xFE and first_len < MAX_PACKET):
             return -1, False  # ERR, EOF, OK-as-EOF: small control packets
-        if kind == "simple" or head.state in (_FIRST, _COLEOF):
+        if kind == "simple" or head.state == _FIRST:
             return -1, False
         return 0, False  # a row or a definition: relayed without being read
 

@@ -1,0 +1,943 @@
+"""MySQLEngine as a script: hand-built packets in, bytes and events out, no sockets.
+
+Every conversation is fed three ways (whole messages, one byte at a time, random splits) and
+must give the same bytes and events each time.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hoopcli.gateway.protocols import mysql as mysql_mod
+from hoopcli.gateway.protocols.base import (
+    ALLOW,
+    Output,
+    ProtocolError,
+    SessionStarted,
+    StatementBlocked,
+    StatementFailed,
+    StatementFinished,
+    StatementStarted,
+    Verdict,
+)
+from hoopcli.gateway.protocols.mysql import MySQLEngine, err_packet
+
+# ---- capability flags used by the hand-built packets ----------------------------------------
+
+CONNECT_WITH_DB = 1 << 3
+COMPRESS = 1 << 5
+LOCAL_FILES = 1 << 7
+PROTOCOL_41 = 1 << 9
+SSL = 1 << 11
+TRANSACTIONS = 1 << 13
+SECURE_CONNECTION = 1 << 15
+MULTI_STATEMENTS = 1 << 16
+MULTI_RESULTS = 1 << 17
+PS_MULTI_RESULTS = 1 << 18
+PLUGIN_AUTH = 1 << 19
+CONNECT_ATTRS = 1 << 20
+LENENC_AUTH = 1 << 21
+SESSION_TRACK = 1 << 23
+DEPRECATE_EOF = 1 << 24
+# MariaDB extended capabilities (the upper 32 bits, as a 32-bit word)
+EXT_PROGRESS = 1 << 0
+EXT_BULK = 1 << 2
+EXT_CACHE_METADATA = 1 << 4
+
+SERVER_CAPS = (
+    CONNECT_WITH_DB | COMPRESS | LOCAL_FILES | PROTOCOL_41 | SSL | TRANSACTIONS | SECURE_CONNECTION
+    | MULTI_STATEMENTS | MULTI_RESULTS | PS_MULTI_RESULTS | PLUGIN_AUTH | CONNECT_ATTRS
+    | LENENC_AUTH | SESSION_TRACK | DEPRECATE_EOF
+)
+SERVER_EXT = EXT_PROGRESS | EXT_BULK | EXT_CACHE_METADATA
+CLIENT_CAPS = (
+    CONNECT_WITH_DB | LOCAL_FILES | PROTOCOL_41 | TRANSACTIONS | SECURE_CONNECTION | MULTI_STATEMENTS
+    | MULTI_RESULTS | PS_MULTI_RESULTS | PLUGIN_AUTH | CONNECT_ATTRS | LENENC_AUTH
+)
+MORE_RESULTS = 0x0008
+CURSOR_EXISTS = 0x0040
+AUTOCOMMIT = 0x0002
+
+SECRET = b"\x13\x37very-secret-scramble-reply\x99"
+
+# ---- packet builders -------------------------------------------------------------------------
+
+
+def pkt(seq: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "little") + bytes((seq,)) + payload
+
+
+def lenenc(n: int) -> bytes:
+    if n < 0xFB:
+        return bytes((n,))
+    if n < 1 << 16:
+        return b"\xfc" + n.to_bytes(2, "little")
+    if n < 1 << 24:
+        return b"\xfd" + n.to_bytes(3, "little")
+    return b"\xfe" + n.to_bytes(8, "little")
+
+
+def lstr(b: bytes) -> bytes:
+    return lenenc(len(b)) + b
+
+
+def greeting(caps: int = SERVER_CAPS, ext: int = SERVER_EXT) -> bytes:
+    p = b"\x0a" + b"10.11.19-MariaDB\0" + (77).to_bytes(4, "little") + b"abcdefgh\0"
+    p += (caps & 0xFFFF).to_bytes(2, "little") + b"\x2d" + AUTOCOMMIT.to_bytes(2, "little")
+    p += (caps >> 16).to_bytes(2, "little") + bytes((21,)) + b"\0" * 6 + ext.to_bytes(4, "little")
+    p += b"ijklmnopqrst\0" + b"mysql_native_password\0"
+    return pkt(0, p)
+
+
+def login_packet(
+    user: bytes = b"app_user", db: bytes | None = b"app", caps: int = CLIENT_CAPS, ext: int = 0, seq: int = 1
+) -> bytes:
+    if db is not None:
+        caps |= CONNECT_WITH_DB
+    else:
+        caps &= ~CONNECT_WITH_DB
+    p = caps.to_bytes(4, "little") + (1 << 24).to_bytes(4, "little") + b"\x2d" + b"\0" * 19
+    p += ext.to_bytes(4, "little") + user + b"\0" + lstr(SECRET)
+    if db is not None:
+        p += db + b"\0"
+    p += b"mysql_native_password\0" + lstr(lstr(b"_client_name") + lstr(b"libmariadb"))
+    return pkt(seq, p)
+
+
+def ok(seq: int, affected: int = 0, status: int = AUTOCOMMIT, header: int = 0x00, insert_id: int = 0) -> bytes:
+    return pkt(seq, bytes((header,)) + lenenc(affected) + lenenc(insert_id) + status.to_bytes(2, "little") + b"\0\0")
+
+
+def eof(seq: int, status: int = AUTOCOMMIT) -> bytes:
+    return pkt(seq, b"\xfe\0\0" + status.to_bytes(2, "little"))
+
+
+def err(seq: int, errno: int, state: str, message: str) -> bytes:
+    return pkt(seq, b"\xff" + errno.to_bytes(2, "little") + b"#" + state.encode() + message.encode())
+
+
+def coldef(seq: int, name: bytes, type_: int = 0xFD) -> bytes:
+    p = lstr(b"def") + lstr(b"app") + lstr(b"t") + lstr(b"t") + lstr(name) + lstr(name)
+    p += b"\x0c" + (33).to_bytes(2, "little") + (255).to_bytes(4, "little") + bytes((type_,)) + b"\0\0\0\0\0"
+    return pkt(seq, p)
+
+
+def text_row(seq: int, *values: bytes | None) -> bytes:
+    return pkt(seq, b"".join(b"\xfb" if v is None else lstr(v) for v in values))
+
+
+def resultset(rows: list[tuple[bytes | None, ...]], deprecate_eof: bool, status: int = AUTOCOMMIT) -> bytes:
+    ncols = len(rows[0]) if rows else 1
+    out = [pkt(1, lenenc(ncols))]
+    seq = 2
+    for k in range(ncols):
+        out.append(coldef(seq, f"c{k}".encode()))
+        seq += 1
+    if not deprecate_eof:
+        out.append(eof(seq))
+        seq += 1
+    for row in rows:
+        out.append(text_row(seq, *row))
+        seq += 1
+    out.append(ok(seq, status=status, header=0xFE) if deprecate_eof else eof(seq, status))
+    return b"".join(out)
+
+
+def cmd(code: int, body: bytes = b"", seq: int = 0) -> bytes:
+    return pkt(seq, bytes((code,)) + body)
+
+
+def query(text: str, seq: int = 0) -> bytes:
+    return cmd(0x03, text.encode(), seq)
+
+
+# ---- feeding ---------------------------------------------------------------------------------
+
+
+def split_whole(data: bytes) -> list[bytes]:
+    return [data]
+
+
+def split_bytes(data: bytes) -> list[bytes]:
+    return [data[i : i + 1] for i in range(len(data))]
+
+
+def split_random(data: bytes, seed: int = 7) -> list[bytes]:
+    rng = random.Random(seed + len(data))
+    cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randint(1, 12)))) if len(data) > 1 else []
+    bounds = [0, *cuts, len(data)]
+    return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+SPLITS = {"whole": split_whole, "bytes": split_bytes, "random": split_random}
+
+
+class Conv:
+    """Feeds a conversation through one engine and gathers what comes out."""
+
+    def __init__(self, split, engine: MySQLEngine | None = None) -> None:
+        self.split = split
+        self.engine = engine or MySQLEngine()
+        self.reset()
+
+    def reset(self) -> None:
+        self.to_server = bytearray()
+        self.to_client = bytearray()
+        self.events: list = []
+        self.closed = False
+
+    def client(self, data: bytes) -> Conv:
+        return self._feed(self.engine.from_client, data)
+
+    def server(self, data: bytes) -> Conv:
+        return self._feed(self.engine.from_server, data)
+
+    def _feed(self, fn, data: bytes) -> Conv:
+        for chunk in self.split(data):
+            out = fn(chunk)
+            assert isinstance(out, Output)
+            self.to_server += out.to_server
+            self.to_client += out.to_client
+            self.events += out.events
+            self.closed = self.closed or out.close
+        return self
+
+    def take(self) -> tuple[bytes, bytes, list]:
+        result = bytes(self.to_server), bytes(self.to_client), list(self.events)
+        self.reset()
+        return result
+
+
+@pytest.fixture(params=list(SPLITS))
+def split(request):
+    return SPLITS[request.param]
+
+
+def logged_in(split, deprecate_eof: bool = False, **engine_kw) -> Conv:
+    conv = Conv(split, MySQLEngine(**engine_kw))
+    conv.server(greeting())
+    conv.client(login_packet(caps=CLIENT_CAPS | (DEPRECATE_EOF if deprecate_eof else 0)))
+    conv.server(ok(2))
+    assert conv.events == [SessionStarted("app_user", "app")]
+    conv.reset()
+    return conv
+
+
+def clear_caps(packet: bytes, lower: int, ext: int) -> bytes:
+    """The greeting as the engine should rewrite it (offsets for the builder above)."""
+    b = bytearray(packet)
+    lo = 4 + 1 + len(b"10.11.19-MariaDB\0") + 4 + 9
+    caps = int.from_bytes(b[lo : lo + 2], "little") | int.from_bytes(b[lo + 5 : lo + 7], "little") << 16
+    caps &= ~lower
+    b[lo : lo + 2] = (caps & 0xFFFF).to_bytes(2, "little")
+    b[lo + 5 : lo + 7] = (caps >> 16).to_bytes(2, "little")
+    e = lo + 5 + 2 + 1 + 6
+    b[e : e + 4] = (int.from_bytes(b[e : e + 4], "little") & ~ext).to_bytes(4, "little")
+    return bytes(b)
+
+
+# ---- handshake and login ---------------------------------------------------------------------
+
+
+def test_greeting_loses_ssl_and_compression(split):
+    conv = Conv(split)
+    conv.server(greeting())
+    to_server, to_client, events = conv.take()
+    assert to_client == clear_caps(greeting(), SSL | COMPRESS, EXT_CACHE_METADATA)
+    assert to_client != greeting()
+    assert len(to_client) == len(greeting())
+    assert events == [] and to_server == b""
+
+
+def test_greeting_without_stripped_bits_passes_unchanged(split):
+    plain = greeting(caps=SERVER_CAPS & ~(SSL | COMPRESS), ext=EXT_PROGRESS)
+    conv = Conv(split)
+    conv.server(plain)
+    assert conv.take()[1] == plain
+
+
+def test_login_auth_exchange_untouched_and_never_recorded(split):
+    conv = Conv(split)
+    conv.server(greeting())
+    conv.take()
+    exchange_c = [login_packet(), pkt(3, SECRET), pkt(5, b"\x02")]
+    exchange_s = [
+        pkt(2, b"\xfe" + b"caching_sha2_password\0" + b"0123456789abcdefghij\0"),
+        pkt(4, b"\x01\x04"),  # perform full authentication
+        pkt(6, b"\x01" + b"-----BEGIN PUBLIC KEY-----" + SECRET),
+    ]
+    for c, s in zip(exchange_c, exchange_s):
+        conv.client(c)
+        conv.server(s)
+    conv.client(pkt(7, SECRET * 3))
+    conv.server(ok(8))
+    to_server, to_client, events = conv.take()
+    assert to_server == b"".join(exchange_c) + pkt(7, SECRET * 3)
+    assert to_client == b"".join(exchange_s) + ok(8)
+    assert events == [SessionStarted("app_user", "app")]
+    assert "very-secret" not in repr(events)
+    # and commands work afterwards
+    conv.client(query("select 1"))
+    conv.server(resultset([(b"1",)], deprecate_eof=False))
+    assert conv.take()[2] == [StatementStarted("select 1", "query"), StatementFinished("SELECT 1")]
+
+
+def test_login_without_database(split):
+    conv = Conv(split)
+    conv.server(greeting())
+    conv.client(login_packet(user=b"root", db=None))
+    assert conv.events == [SessionStarted("root", "")]
+
+
+def test_ssl_request_is_refused(split):
+    conv = Conv(split)
+    conv.server(greeting())
+    ssl_request = pkt(1, (CLIENT_CAPS | SSL).to_bytes(4, "little") + b"\0\0\0\1" + b"\x2d" + b"\0" * 23)
+    conv.client(ssl_request)
+    assert conv.closed
+    assert conv.to_server == b""  # not forwarded
+    assert [type(e) for e in conv.events] == [ProtocolError]
+    assert conv.events[0].direction == "client"
+
+
+def test_client_asking_for_compression_is_refused(split):
+    conv = Conv(split)
+    conv.server(greeting())
+    conv.client(login_packet(caps=CLIENT_CAPS | COMPRESS))
+    assert conv.closed and isinstance(conv.events[-1], ProtocolError)
+
+
+def test_login_failure_ends_quietly(split):
+    conv = Conv(split)
+    conv.server(greeting())
+    conv.client(login_packet())
+    conv.server(err(2, 1045, "28000", "Access denied for user 'app_user'@'127.0.0.1'"))
+    assert conv.events == [SessionStarted("app_user", "app")]
+    assert not conv.closed
+
+
+def test_server_refusing_the_connection(split):
+    conv = Conv(split)
+    refusal = pkt(0, b"\xff" + (1040).to_bytes(2, "little") + b"Too many connections")
+    conv.server(refusal)
+    assert conv.take() == (b"", refusal, [])
+
+
+# ---- statements and results ------------------------------------------------------------------
+
+
+def test_query_ok(split):
+    conv = logged_in(split)
+    conv.client(query("insert into t values (1),(2)"))
+    conv.server(ok(1, affected=2))
+    conv.client(query("update t set a = 1 where a = 2"))
+    conv.server(ok(1, affected=1))
+    to_server, to_client, events = conv.take()
+    assert to_server == query("insert into t values (1),(2)") + query("update t set a = 1 where a = 2")
+    assert to_client == ok(1, affected=2) + ok(1, affected=1)
+    assert events == [
+        StatementStarted("insert into t values (1),(2)", "query"),
+        StatementFinished("OK 2 rows affected"),
+        StatementStarted("update t set a = 1 where a = 2", "query"),
+        StatementFinished("OK 1 row affected"),
+    ]
+
+
+@pytest.mark.parametrize("deprecate_eof", [False, True])
+def test_result_set(split, deprecate_eof):
+    conv = logged_in(split, deprecate_eof=deprecate_eof)
+    rows = [(b"1", b"one"), (b"2", None), (b"\xfe" * 3, b"")]  # a row may start with 0xFE
+    response = resultset(rows, deprecate_eof)
+    conv.client(query("select a, b from t"))
+    conv.server(response)
+    conv.client(query("select 1 from dual where false"))
+    empty = resultset([], deprecate_eof)
+    conv.server(empty)
+    to_server, to_client, events = conv.take()
+    assert to_client == response + empty
+    assert events == [
+        StatementStarted("select a, b from t", "query"),
+        StatementFinished("SELECT 3"),
+        StatementStarted("select 1 from dual where false", "query"),
+        StatementFinished("SELECT 0"),
+    ]
+
+
+def test_whole_chunks_are_passed_on_as_the_same_object():
+    conv = logged_in(split_whole)
+    data = query("select a from t")
+    out = conv.engine.from_client(data)
+    assert out.to_server is data
+    response = resultset([(b"x" * 100,)] * 50, deprecate_eof=False)
+    out = conv.engine.from_server(response)
+    assert out.to_client is response
+    assert out.events == [StatementFinished("SELECT 50")]
+
+
+def test_error(split):
+    conv = logged_in(split)
+    conv.client(query("select * from nosuch"))
+    conv.server(err(1, 1146, "42S02", "Table 'app.nosuch' doesn't exist"))
+    assert conv.take()[2] == [
+        StatementStarted("select * from nosuch", "query"),
+        StatementFailed("1146/42S02", "Table 'app.nosuch' doesn't exist"),
+    ]
+
+
+def test_error_in_the_middle_of_rows(split):
+    conv = logged_in(split)
+    conv.client(query("select slow()"))
+    partial = resultset([(b"1",)], deprecate_eof=False)
+    partial = partial[: -len(eof(0))]  # drop the terminator
+    conv.server(partial + err(5, 1317, "70100", "Query execution was interrupted"))
+    assert conv.take()[2][-1] == StatementFailed("1317/70100", "Query execution was interrupted")
+
+
+@pytest.mark.parametrize("deprecate_eof", [False, True])
+def test_multiple_results(split, deprecate_eof):
+    conv = logged_in(split, deprecate_eof=deprecate_eof)
+    conv.client(query("call p()"))
+    first = resultset([(b"a",), (b"b",)], deprecate_eof, status=AUTOCOMMIT | MORE_RESULTS)
+    conv.server(first)
+    conv.server(ok(7, affected=1, status=AUTOCOMMIT | MORE_RESULTS))
+    conv.server(ok(8, affected=0))
+    conv.client(query("select 1"))
+    conv.server(resultset([(b"1",)], deprecate_eof))
+    assert conv.take()[2] == [
+        StatementStarted("call p()", "query"),
+        StatementFinished("SELECT 2; OK 1 row affected; OK 0 rows affected"),
+        StatementStarted("select 1", "query"),
+        StatementFinished("SELECT 1"),
+    ]
+
+
+def test_error_after_a_first_result(split):
+    conv = logged_in(split)
+    conv.client(query("select 1; select nosuch"))
+    conv.server(resultset([(b"1",)], False, status=AUTOCOMMIT | MORE_RESULTS))
+    conv.server(err(1, 1054, "42S22", "Unknown column 'nosuch'"))
+    assert conv.take()[2][1:] == [StatementFailed("1054/42S22", "Unknown column 'nosuch'")]
+
+
+def test_progress_reports_are_not_errors(split):
+    conv = logged_in(split)
+    conv.client(query("alter table t add c int"))
+    progress = pkt(1, b"\xff\xff\xff" + b"\x01\x01\x01\x10\x27\x00" + lstr(b"copy to tmp table"))
+    conv.server(progress + ok(2))
+    assert conv.take()[2] == [
+        StatementStarted("alter table t add c int", "query"),
+        StatementFinished("OK 0 rows affected"),
+    ]
+
+
+def test_init_db(split):
+    conv = logged_in(split)
+    conv.client(cmd(0x02, b"other`db"))
+    conv.server(ok(1))
+    assert conv.take()[2] == [StatementStarted("USE `other``db`", "init_db"), StatementFinished("OK 0 rows affected")]
+
+
+def test_plain_commands_pass_without_events(split):
+    conv = logged_in(split)
+    stream_c = cmd(0x0E) + cmd(0x09)  # ping, statistics (pipelined)
+    conv.client(stream_c)
+    stream_s = ok(1) + pkt(1, b"Uptime: 42  Threads: 1  Questions: 7")
+    conv.server(stream_s)
+    conv.client(cmd(0x04, b"t\0"))  # field list
+    fields = coldef(1, b"a") + coldef(2, b"b") + eof(3)
+    conv.server(fields)
+    conv.client(cmd(0x1F))  # reset connection
+    conv.server(ok(1))
+    conv.client(query("select 1"))
+    conv.server(resultset([(b"1",)], False))
+    conv.client(cmd(0x01))  # quit
+    to_server, to_client, events = conv.take()
+    assert to_server == stream_c + cmd(0x04, b"t\0") + cmd(0x1F) + query("select 1") + cmd(0x01)
+    assert to_client == stream_s + fields + ok(1) + resultset([(b"1",)], False)
+    assert events == [StatementStarted("select 1", "query"), StatementFinished("SELECT 1")]
+
+
+def test_change_user(split):
+    conv = logged_in(split)
+    body = b"other\0" + bytes((len(SECRET),)) + SECRET + b"otherdb\0" + b"\x2d\x00" + b"mysql_native_password\0"
+    conv.client(cmd(0x11, body))
+    conv.server(pkt(1, b"\xfe" + b"mysql_native_password\0" + b"0123456789abcdefghij\0"))
+    conv.client(pkt(2, SECRET))
+    conv.server(ok(3))
+    conv.client(query("select 2"))
+    conv.server(resultset([(b"2",)], False))
+    events = conv.take()[2]
+    assert events == [
+        SessionStarted("other", "otherdb"),
+        StatementStarted("select 2", "query"),
+        StatementFinished("SELECT 1"),
+    ]
+    assert "very-secret" not in repr(events)
+
+
+def test_load_data_local_infile(split):
+    conv = logged_in(split)
+    text = "load data local infile '/tmp/x.csv' into table t"
+    conv.client(query(text))
+    conv.server(pkt(1, b"\xfb/tmp/x.csv"))
+    # the file, in packets whose ids run on (and wrap), then the empty packet that ends it
+    file_packets = b"".join(pkt((2 + k) % 256, b"1,confidential\n" * 3) for k in range(260)) + pkt(6, b"")
+    conv.client(file_packets)
+    conv.server(ok(7, affected=780))
+    conv.client(query("select 1"))
+    to_server, to_client, events = conv.take()
+    assert to_server == query(text) + file_packets + query("select 1")
+    assert events == [
+        StatementStarted(text, "query"),
+        StatementFinished("OK 780 rows affected"),
+        StatementStarted("select 1", "query"),
+    ]
+    assert "confidential" not in repr(events)
+
+
+# ---- prepared statements ---------------------------------------------------------------------
+
+
+def prepare_ok(stmt_id: int, columns: int, params: int, deprecate_eof: bool) -> bytes:
+    head = b"\x00" + stmt_id.to_bytes(4, "little") + columns.to_bytes(2, "little") + params.to_bytes(2, "little")
+    out = [pkt(1, head + b"\0\0\0")]
+    seq = 2
+    for k in range(params):
+        out.append(coldef(seq, b"?"))
+        seq += 1
+    if params and not deprecate_eof:
+        out.append(eof(seq))
+        seq += 1
+    for k in range(columns):
+        out.append(coldef(seq, f"c{k}".encode()))
+        seq += 1
+    if columns and not deprecate_eof:
+        out.append(eof(seq))
+    return b"".join(out)
+
+
+def execute(stmt_id: int, params: list[tuple[int, bytes | None]] | None, flags: int = 0, send_types=True) -> bytes:
+    body = stmt_id.to_bytes(4, "little") + bytes((flags,)) + (1).to_bytes(4, "little")
+    if params:
+        n = len(params)
+        bitmap = bytearray((n + 7) // 8)
+        for k, (_, value) in enumerate(params):
+            if value is None:
+                bitmap[k >> 3] |= 1 << (k & 7)
+        body += bytes(bitmap) + (b"\x01" if send_types else b"\x00")
+        if send_types:
+            body += b"".join(bytes((t, 0)) for t, _ in params)
+        body += b"".join(v for _, v in params if v is not None)
+    return cmd(0x17, body)
+
+
+def binary_resultset(rows: int, deprecate_eof: bool, status: int = AUTOCOMMIT) -> bytes:
+    out = [pkt(1, b"\x01"), coldef(2, b"c", type_=0x08)]
+    seq = 3
+    if not deprecate_eof:
+        out.append(eof(seq, status))
+        seq += 1
+    for k in range(rows):
+        out.append(pkt(seq, b"\x00\x00" + k.to_bytes(8, "little")))
+        seq += 1
+    out.append(ok(seq, status=status, header=0xFE) if deprecate_eof else eof(seq, status))
+    return b"".join(out)
+
+
+PARAMS = [
+    (0x08, (5).to_bytes(8, "little", signed=True)),
+    (0xFD, lstr("héllo".encode())),
+    (0x06, None),
+    (0x05, struct.pack("<d", 1.5)),
+    (0x0C, bytes((7,)) + (2026).to_bytes(2, "little") + bytes((11, 23, 12, 30, 5))),
+    (0x01, b"\xff"),
+]
+PARAM_TEXT = ("5", "héllo", None, "1.5", "2026-11-23 12:30:05", "-1")
+
+
+@pytest.mark.parametrize("deprecate_eof", [False, True])
+def test_prepare_execute_close(split, deprecate_eof):
+    conv = logged_in(split, deprecate_eof=deprecate_eof, record_params=True)
+    text = "select c from t where a = ? and b = ? and c <=> ? and d = ? and e = ? and f = ?"
+    conv.client(cmd(0x16, text.encode()))
+    conv.server(prepare_ok(9, columns=1, params=6, deprecate_eof=deprecate_eof))
+    conv.client(execute(9, PARAMS))
+    conv.server(binary_resultset(3, deprecate_eof))
+    conv.client(execute(9, PARAMS, send_types=False))  # types from the first execute
+    conv.server(binary_resultset(0, deprecate_eof))
+    conv.client(cmd(0x19, (9).to_bytes(4, "little")))  # close: no answer
+    conv.client(query("select 1"))
+    conv.server(resultset([(b"1",)], deprecate_eof))
+    assert conv.take()[2] == [
+        StatementStarted(text, "prepare"),
+        StatementFinished("PREPARE"),
+        StatementStarted(text, "execute", PARAM_TEXT),
+        StatementFinished("SELECT 3"),
+        StatementStarted(text, "execute", PARAM_TEXT),
+        StatementFinished("SELECT 0"),
+        StatementStarted("select 1", "query"),
+        StatementFinished("SELECT 1"),
+    ]
+
+
+def test_execute_params_only_when_asked(split):
+    conv = logged_in(split)
+    conv.client(cmd(0x16, b"insert into t values (?)"))
+    conv.server(prepare_ok(1, columns=0, params=1, deprecate_eof=False))
+    conv.client(execute(1, [(0x03, (7).to_bytes(4, "little"))]))
+    conv.server(ok(1, affected=1))
+    assert conv.take()[2][2:] == [
+        StatementStarted("insert into t values (?)", "execute", None),
+        StatementFinished("OK 1 row affected"),
+    ]
+
+
+def test_long_data_parameters_are_marked(split):
+    conv = logged_in(split, record_params=True)
+    conv.client(cmd(0x16, b"insert into t values (?, ?)"))
+    conv.server(prepare_ok(3, columns=0, params=2, deprecate_eof=False))
+    conv.client(cmd(0x18, (3).to_bytes(4, "little") + (1).to_bytes(2, "little") + b"blob" * 100))
+    body = (3).to_bytes(4, "little") + b"\0" + (1).to_bytes(4, "little") + b"\0" + b"\x01" + b"\x03\x00\xfc\x00"
+    body += (4).to_bytes(4, "little")  # only the first value: the second came as long data
+    conv.client(cmd(0x17, body))
+    conv.server(ok(1, affected=1))
+    assert conv.take()[2][2] == StatementStarted("insert into t values (?, ?)", "execute", ("4", "<long data>"))
+
+
+def test_prepare_error_and_unknown_statement(split):
+    conv = logged_in(split)
+    conv.client(cmd(0x16, b"select nosuch"))
+    conv.server(err(1, 1054, "42S22", "Unknown column"))
+    conv.client(execute(77, None))
+    conv.server(err(1, 1243, "HY000", "Unknown prepared statement handler"))
+    assert conv.take()[2] == [
+        StatementStarted("select nosuch", "prepare"),
+        StatementFailed("1054/42S22", "Unknown column"),
+        StatementStarted("/* unknown prepared statement 77 */", "execute"),
+        StatementFailed("1243/HY000", "Unknown prepared statement handler"),
+    ]
+
+
+@pytest.mark.parametrize("deprecate_eof", [False, True])
+def test_cursor_and_fetch(split, deprecate_eof):
+    conv = logged_in(split, deprecate_eof=deprecate_eof)
+    conv.client(cmd(0x16, b"select c from t"))
+    conv.server(prepare_ok(4, columns=1, params=0, deprecate_eof=deprecate_eof))
+    conv.client(execute(4, None, flags=1))
+    opened = [pkt(1, b"\x01"), coldef(2, b"c")]
+    status = AUTOCOMMIT | CURSOR_EXISTS
+    opened.append(ok(3, status=status, header=0xFE) if deprecate_eof else eof(3, status))
+    conv.server(b"".join(opened))
+    conv.client(cmd(0x1C, (4).to_bytes(4, "little") + (2).to_bytes(4, "little")))
+    rows = pkt(1, b"\x00\x00" + b"\x01" * 8) + pkt(2, b"\x00\x00" + b"\x02" * 8)
+    last = ok(3, status=AUTOCOMMIT | 0x80, header=0xFE) if deprecate_eof else eof(3, AUTOCOMMIT | 0x80)
+    conv.server(rows + last)
+    conv.client(query("select 1"))
+    conv.server(resultset([(b"1",)], deprecate_eof))
+    assert conv.take()[2][2:] == [
+        StatementStarted("select c from t", "execute"),
+        StatementFinished("CURSOR"),
+        StatementStarted("select 1", "query"),
+        StatementFinished("SELECT 1"),
+    ]
+
+
+# ---- gating ----------------------------------------------------------------------------------
+
+
+def hold_drops(text: str) -> Verdict:
+    if "drop" in text.lower():
+        return Verdict("hold", "waiting for approval (req-1)", request_id="req-1", rule="ddl")
+    if "delete" in text.lower():
+        return Verdict("deny", "deletes are not allowed", rule="no-delete")
+    return ALLOW
+
+
+def test_hold_answers_the_client_and_the_session_goes_on(split):
+    seen: list[str] = []
+
+    def gate(text: str) -> Verdict:
+        seen.append(text)
+        return hold_drops(text)
+
+    conv = logged_in(split, gate=gate)
+    conv.client(query("drop table t"))
+    to_server, to_client, events = conv.take()
+    assert to_server == b""
+    assert to_client == err_packet(1227, "HY000", "waiting for approval (req-1)", seq=1)
+    assert to_client[3] == 1  # sequence id 1
+    assert events == [StatementBlocked("drop table t", hold_drops("drop table t"))]
+    assert seen == ["drop table t"]  # asked once, with the whole text however it was split
+    conv.client(query("select 1"))
+    conv.server(resultset([(b"1",)], False))
+    to_server, _, events = conv.take()
+    assert to_server == query("select 1")
+    assert events == [StatementStarted("select 1", "query"), StatementFinished("SELECT 1")]
+
+
+def test_deny_uses_42000(split):
+    conv = logged_in(split, gate=hold_drops)
+    conv.client(query("delete from t"))
+    to_server, to_client, events = conv.take()
+    assert to_server == b""
+    assert to_client == err_packet(1227, "42000", "deletes are not allowed")
+    assert events == [StatementBlocked("delete from t", hold_drops("delete from t"))]
+
+
+def test_default_messages_when_the_verdict_has_none(split):
+    conv = logged_in(split, gate=lambda text: Verdict("hold"))
+    conv.client(query("select 1"))
+    assert conv.take()[1] == err_packet(1227, "HY000", "statement held for approval")
+
+
+def test_gate_error_counts_as_deny(split):
+    def broken(text: str) -> Verdict:
+        raise RuntimeError("policy store down")
+
+    conv = logged_in(split, gate=broken)
+    conv.client(query("select 1"))
+    to_server, to_client, events = conv.take()
+    assert to_server == b""
+    assert to_client == err_packet(1227, "42000", "statement refused: the policy check failed")
+    assert events[0].verdict.rule == "gate-error"
+
+
+def test_refusal_waits_behind_earlier_answers(split):
+    """A pipelined, refused command is answered after the commands before it."""
+    conv = logged_in(split, gate=hold_drops)
+    stream = query("select 1") + query("drop table t") + query("select 2")
+    conv.client(stream)
+    to_server, to_client, events = conv.take()
+    assert to_server == query("select 1") + query("select 2")
+    assert to_client == b""
+    r1, r2 = resultset([(b"1",)], False), resultset([(b"2",)], False)
+    conv.server(r1 + r2)
+    _, to_client, later = conv.take()
+    assert to_client == r1 + err_packet(1227, "HY000", "waiting for approval (req-1)") + r2
+    assert events + later == [
+        StatementStarted("select 1", "query"),
+        StatementBlocked("drop table t", hold_drops("drop table t")),
+        StatementStarted("select 2", "query"),
+        StatementFinished("SELECT 1"),
+        StatementFinished("SELECT 1"),
+    ]
+
+
+def test_gated_commands_beyond_com_query(split):
+    conv = logged_in(split, gate=hold_drops)
+    conv.client(cmd(0x06, b"app"))  # COM_DROP_DB
+    conv.client(cmd(0x16, b"drop table t"))  # COM_STMT_PREPARE
+    conv.client(execute(0xFFFFFFFF, None))  # pipelined execute of "the last prepared"
+    to_server, to_client, events = conv.take()
+    assert to_server == b""
+    assert [type(e) for e in events] == [StatementBlocked] * 3
+    assert events[0].text == "DROP DATABASE `app`"
+    assert events[1].text == "drop table t"
+    assert events[2].verdict.rule == "mysql-refused-prepare"
+    assert to_client.count(b"\xff\xcb\x04#") == 3  # three ERR 1227 packets
+
+
+def test_unsupported_commands_are_refused(split):
+    conv = logged_in(split)
+    conv.client(cmd(0x12, b"\0" * 10 + b"binlog.000001"))  # COM_BINLOG_DUMP
+    to_server, to_client, events = conv.take()
+    assert to_server == b""
+    assert to_client == err_packet(1235, "42000", "the gateway does not relay COM_BINLOG_DUMP")
+    assert events[0].verdict.rule == "mysql-unsupported-command"
+
+
+def test_pipelined_command_during_auth_is_gated(split):
+    conv = Conv(split, MySQLEngine(gate=hold_drops))
+    conv.server(greeting())
+    conv.client(login_packet() + query("drop table t") + query("select 1"))
+    to_server, to_client, events = conv.take()
+    assert to_server == login_packet() + query("select 1")
+    conv.server(ok(2) + resultset([(b"1",)], False))
+    _, to_client, later = conv.take()
+    assert to_client == ok(2) + err_packet(1227, "HY000", "waiting for approval (req-1)") + resultset([(b"1",)], False)
+    assert [type(e) for e in events + later] == [
+        SessionStarted, StatementBlocked, StatementStarted, StatementFinished
+    ]
+
+
+# ---- framing -----------------------------------------------------------------------------------
+
+
+def test_continuation_packets_both_ways():
+    for split in (split_whole, split_random):
+        conv = logged_in(split)
+        text = "select '" + "x" * (0xFFFFFF + 10) + "'"
+        payload = b"\x03" + text.encode()
+        wire = pkt(0, payload[:0xFFFFFF]) + pkt(1, payload[0xFFFFFF:])
+        conv.client(wire)
+        big = b"\x00" * 0 + lstr(b"y" * (0xFFFFFF + 5))  # one text column, > 16 MiB
+        rows = pkt(4, big[:0xFFFFFF]) + pkt(5, big[0xFFFFFF:])
+        response = pkt(1, b"\x01") + coldef(2, b"c") + eof(3) + rows + eof(6)
+        conv.server(response)
+        to_server, to_client, events = conv.take()
+        assert to_server == wire and to_client == response
+        assert events == [StatementStarted(text, "query"), StatementFinished("SELECT 1")]
+
+
+def test_exact_multiple_of_16mib_ends_with_an_empty_packet():
+    conv = logged_in(split_whole)
+    payload = b"\x03" + b"-" * (0xFFFFFF - 1)
+    wire = pkt(0, payload) + pkt(1, b"")
+    out = conv.engine.from_client(wire)
+    assert out.to_server == wire
+    assert out.events == [StatementStarted("-" * (0xFFFFFF - 1), "query")]
+
+
+def test_oversize_statement_is_a_protocol_error(monkeypatch, split):
+    monkeypatch.setattr(mysql_mod, "MAX_MESSAGE_BYTES", 1000)
+    conv = logged_in(split)
+    conv.client(query("select '" + "z" * 2000 + "'"))
+    assert conv.closed
+    assert conv.to_server == b""
+    assert [type(e) for e in conv.events] == [ProtocolError]
+
+
+def test_big_rows_are_never_buffered(monkeypatch):
+    monkeypatch.setattr(mysql_mod, "MAX_MESSAGE_BYTES", 1000)
+    conv = logged_in(split_random, deprecate_eof=True)
+    conv.client(query("select big"))
+    response = resultset([(b"r" * 5000,)] * 3, deprecate_eof=True)
+    conv.server(response)
+    assert not conv.closed
+    assert bytes(conv.to_client) == response
+    assert conv.events[-1] == StatementFinished("SELECT 3")
+
+
+@pytest.mark.parametrize(
+    "direction, data",
+    [
+        ("client", query("select 1")),  # before the greeting
+        ("server", pkt(0, b"\x09" + b"5.0\0" + b"\0" * 20)),  # protocol 9
+        ("server", pkt(0, b"\x0a" + b"no terminator")),
+    ],
+)
+def test_garbage_before_login(split, direction, data):
+    conv = Conv(split)
+    getattr(conv, direction)(data)
+    assert conv.closed
+    assert isinstance(conv.events[-1], ProtocolError)
+    assert conv.events[-1].direction == direction
+
+
+def test_garbage_after_login(split):
+    conv = logged_in(split)
+    conv.client(pkt(3, b"\x03select 1"))  # a command must have sequence id 0
+    assert conv.closed and conv.events[-1].direction == "client"
+    conv = logged_in(split)
+    conv.client(query("select 1"))
+    conv.server(pkt(1, b"\x00\xfc"))  # truncated OK
+    assert conv.closed and conv.events[-1].direction == "server"
+    conv = logged_in(split)
+    conv.client(query("select 1"))
+    conv.server(pkt(1, b"\xfb\xfb"))  # LOCAL INFILE request is fine ...
+    conv.client(pkt(0, b""))  # ... (empty file)
+    conv.server(eof(3))  # but an EOF where OK/ERR is due is not
+    assert conv.closed and conv.events[-1].direction == "server"
+
+
+def test_after_a_protocol_error_nothing_passes():
+    engine = MySQLEngine()
+    assert engine.from_client(b"\x01\x00\x00\x00\x03").close
+    out = engine.from_server(greeting())
+    assert out.close and out.to_client == b"" and out.events == []
+
+
+def test_empty_feed_is_harmless():
+    engine = MySQLEngine()
+    assert engine.from_server(b"") == Output()
+    assert engine.from_client(b"") == Output()
+
+
+# ---- fuzzing -----------------------------------------------------------------------------------
+
+CONVERSATION = [
+    ("server", greeting()),
+    ("client", login_packet(caps=CLIENT_CAPS | DEPRECATE_EOF)),
+    ("server", pkt(2, b"\xfe" + b"mysql_native_password\0" + b"0123456789abcdefghij\0")),
+    ("client", pkt(3, SECRET)),
+    ("server", ok(4)),
+    ("client", query("select a from t") + query("drop table t")),
+    ("server", resultset([(b"1",), (b"2",)], True)),
+    ("client", cmd(0x16, b"insert into t values (?)")),
+    ("server", prepare_ok(1, 0, 1, True)),
+    ("client", execute(1, [(0x03, (7).to_bytes(4, "little"))])),
+    ("server", ok(1, affected=1)),
+    ("client", query("call p()")),
+    ("server", resultset([(b"x",)], True, status=MORE_RESULTS) + ok(5)),
+    ("client", query("select nosuch")),
+    ("server", err(1, 1054, "42S22", "Unknown column")),
+]
+
+
+def run_conversation(cuts: list[int] | None) -> tuple[bytes, bytes, list]:
+    conv = Conv(split_whole, MySQLEngine(gate=hold_drops, record_params=True))
+    for direction, data in CONVERSATION:
+        if cuts is None:
+            chunks = [data]
+        else:
+            points = sorted({c % len(data) for c in cuts} - {0})
+            bounds = [0, *points, len(data)]
+            chunks = [data[a:b] for a, b in zip(bounds, bounds[1:])]
+        for chunk in chunks:
+            getattr(conv, direction)(chunk)
+    assert not conv.closed
+    return conv.take()
+
+
+WHOLE = run_conversation(None)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.integers(min_value=0, max_value=10_000), max_size=12))
+def test_fuzz_any_split_gives_the_same_bytes_and_events(cuts):
+    assert run_conversation(cuts) == WHOLE
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(
+            st.booleans(),
+            st.one_of(
+                st.binary(max_size=48),
+                # well-framed packets with random payloads get deeper into the parser
+                st.builds(lambda seq, body: pkt(seq, body), st.sampled_from([0, 1, 2, 3]), st.binary(max_size=40)),
+            ),
+        ),
+        max_size=16,
+    ),
+    st.sampled_from(["fresh", "logged_in", "query", "prepare", "execute"]),
+    st.booleans(),
+)
+def test_fuzz_garbage_never_escapes(feeds, start, deprecate_eof):
+    engine = MySQLEngine(gate=hold_drops, record_params=True)
+    if start != "fresh":
+        engine.from_server(greeting())
+        engine.from_client(login_packet(caps=CLIENT_CAPS | (DEPRECATE_EOF if deprecate_eof else 0)))
+        engine.from_server(ok(2))
+    if start == "query":  # the server's garbage is parsed as a response
+        engine.from_client(query("select 1"))
+    elif start in ("prepare", "execute"):
+        engine.from_client(cmd(0x16, b"select ?"))
+        if start == "execute":
+            engine.from_server(prepare_ok(1, 1, 1, deprecate_eof))
+            engine.from_client(execute(1, [(0x03, (7).to_bytes(4, "little"))]))
+    closed = False
+    for to_server, data in feeds:
+        out = engine.from_client(data) if to_server else engine.from_server(data)
+        assert isinstance(out, Output)
+        if closed:
+            assert out.close and not out.to_client and not out.to_server and not out.events
+        elif out.close:
+            assert isinstance(out.events[-1], ProtocolError)
+        closed = closed or out.close
