@@ -211,3 +211,90 @@ def test_engine_turns_tls_off(mariadb_server):
     assert run.returncode == 0, run.stderr
     assert run.stdout.split("\t")[1].strip() == ""
     assert not any(isinstance(e, ProtocolError) for e in run.sessions[0])
+
+
+def run_argv(server, argv_for_port, *, make_engine=MySQLEngine, password=None, stdin=None) -> RelayRun:
+    env = server.client_env(server.app_password if password is None else password)
+    return asyncio.run(_relay_and_run(server, make_engine, argv_for_port, env, stdin))
+
+
+def _no_protocol_errors(run: RelayRun) -> None:
+    for events in run.sessions:
+        assert not [e for e in events if isinstance(e, ProtocolError)], events
+
+
+def test_admin_commands_and_a_refused_shutdown(mariadb_server):
+    s = mariadb_server
+    admin = s.client.replace("mariadb", "mariadb-admin") if s.client.endswith("mariadb") else "mysqladmin"
+
+    def gate(text: str) -> Verdict:
+        return Verdict("deny", "not through the gateway") if text.upper().startswith("SHUTDOWN") else ALLOW
+
+    def argv(port: int) -> list[str]:
+        return [admin, "--no-defaults", "--protocol=TCP", "-h", s.host, "-P", str(port), "-u", s.app_user,
+                "ping", "status", "processlist", "shutdown"]
+
+    run = run_argv(s, argv, make_engine=lambda: MySQLEngine(gate=gate))
+    assert "mysqld is alive" in run.stdout and "Uptime:" in run.stdout
+    assert "not through the gateway" in run.stderr
+    _no_protocol_errors(run)
+    [events] = run.sessions  # ping and status pass without events
+    assert events[:2] == [SessionStarted(s.app_user, ""), StatementStarted("show processlist", "query")]
+    assert isinstance(events[2], StatementFinished) and events[2].tag.startswith("SELECT ")
+    assert events[3:] == [StatementBlocked("SHUTDOWN", gate("SHUTDOWN"))]
+    assert s.sql("select 1").strip() == "1"  # still up
+
+
+def test_multi_results_and_multi_statements(mariadb_server):
+    s = mariadb_server
+    db = s.create_database("multi")
+    s.sql("delimiter //\ncreate procedure p() begin select 1; select 2 union select 3; end//", database=db)
+    script = "call p();\ndelimiter //\nselect 4; select 5, 6//\ndelimiter ;\nselect 7;\n"
+    run = run_client(s, script, database=db, script=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["1", "2", "3", "4", "5", "6", "7"]
+    [events] = run.sessions
+    assert events[1:] == [
+        StatementStarted("call p()", "query"),
+        StatementFinished("SELECT 1; SELECT 2; OK 0 rows affected"),
+        StatementStarted("select 4; select 5, 6", "query"),
+        StatementFinished("SELECT 1; SELECT 1"),
+        StatementStarted("select 7", "query"),
+        StatementFinished("SELECT 1"),
+    ]
+
+
+def test_load_data_local_infile(mariadb_server, tmp_path):
+    s = mariadb_server
+    db = s.create_database("infile")
+    s.sql(f"create table `{db}`.t(a int, b varchar(20))")
+    data = tmp_path / "rows.csv"
+    data.write_text("".join(f"{k},secret-{k}\n" for k in range(5000)))
+    sql = f"load data local infile '{data}' into table t fields terminated by ','; select count(*) from t"
+    run = run_client(s, sql, database=db, extra=("--local-infile=1",))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["5000"]
+    [events] = run.sessions
+    assert events[1:] == [
+        StatementStarted(f"load data local infile '{data}' into table t fields terminated by ','", "query"),
+        StatementFinished("OK 5000 rows affected"),
+        StatementStarted("select count(*) from t", "query"),
+        StatementFinished("SELECT 1"),
+    ]
+    assert "secret-" not in repr(events)
+
+
+def test_packets_over_16_mib_both_ways(mariadb_server):
+    s = mariadb_server
+    big = 17 * 1024 * 1024
+    sql = f"select length('{'x' * big}');\nselect length(repeat('y', {big})), repeat('y', {big});\n"
+    run = run_client(s, sql, extra=("--max-allowed-packet=64M",), script=True)
+    assert run.returncode == 0, run.stderr[:500]
+    lines = run.stdout.splitlines()
+    assert lines[0] == str(big)
+    assert lines[1] == f"{big}\t{'y' * big}"
+    [events] = run.sessions
+    _no_protocol_errors(run)
+    assert [type(e) for e in events] == [SessionStarted] + [StatementStarted, StatementFinished] * 2
+    assert events[1].text == f"select length('{'x' * big}')"
+    assert events[2] == events[4] == StatementFinished("SELECT 1")

@@ -69,7 +69,7 @@ SECRET = b"\x13\x37very-secret-scramble-reply\x99"
 
 
 def pkt(seq: int, payload: bytes) -> bytes:
-    return len(payload).to_bytes(3, "little") + bytes((seq,)) + payload
+    return len(payload).to_bytes(3, "little") + bytes((seq & 0xFF,)) + payload
 
 
 def lenenc(n: int) -> bytes:

@@ -222,6 +222,8 @@ def _start(base: Path, server: str, install: str) -> tuple[subprocess.Popen, int
                 "--innodb-flush-log-at-trx-commit=0",
                 "--innodb-doublewrite=0",
                 "--max-connections=200",
+                "--max-allowed-packet=64M",
+                "--local-infile=1",
                 f"--ssl-cert={cert}",
                 f"--ssl-key={key}",
             ],
