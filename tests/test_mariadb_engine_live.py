@@ -7,6 +7,7 @@ through one engine per connection, forwarding exactly what the engine returns.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from dataclasses import dataclass, field
 
 import pytest
@@ -298,3 +299,197 @@ def test_packets_over_16_mib_both_ways(mariadb_server):
     assert [type(e) for e in events] == [SessionStarted] + [StatementStarted, StatementFinished] * 2
     assert events[1].text == f"select length('{'x' * big}')"
     assert events[2] == events[4] == StatementFinished("SELECT 1")
+
+
+# ---- the binary protocol, with a minimal client of our own ---------------------------------------
+# The `mariadb` client never uses prepared statements, so this speaks just enough of the
+# protocol itself: login with mysql_native_password, COM_STMT_PREPARE / EXECUTE / CLOSE.
+
+
+async def _read(r: asyncio.StreamReader) -> tuple[int, bytes]:
+    header = await r.readexactly(4)
+    return header[3], await r.readexactly(int.from_bytes(header[:3], "little"))
+
+
+def _native_token(password: bytes, scramble: bytes) -> bytes:
+    h1 = hashlib.sha1(password).digest()
+    h3 = hashlib.sha1(scramble + hashlib.sha1(h1).digest()).digest()
+    return bytes(a ^ b for a, b in zip(h1, h3))
+
+
+class MiniClient:
+    CAPS = 1 | 8 | 0x200 | 0x2000 | 0x8000 | 0x20000 | 0x40000 | 0x80000
+
+    async def connect(self, port: int, user: str, password: str, db: str) -> None:
+        self.r, self.w = await asyncio.open_connection("127.0.0.1", port)
+        _, greeting = await _read(self.r)
+        pos = greeting.index(b"\0", 1) + 1 + 4
+        scramble = greeting[pos : pos + 8]
+        pos += 8 + 1 + 2 + 1 + 2 + 2 + 1 + 10
+        scramble += greeting[pos : pos + 12]
+        token = _native_token(password.encode(), scramble)
+        body = self.CAPS.to_bytes(4, "little") + (1 << 24).to_bytes(4, "little") + b"\x2d" + b"\0" * 23
+        body += user.encode() + b"\0" + bytes((len(token),)) + token + db.encode() + b"\0"
+        body += b"mysql_native_password\0"
+        self.send(1, body)
+        seq, answer = await _read(self.r)
+        if answer[0] == 0xFE:  # auth switch
+            plugin, _, data = answer[1:].partition(b"\0")
+            assert plugin == b"mysql_native_password"
+            self.send(seq + 1, _native_token(password.encode(), data.rstrip(b"\0")))
+            seq, answer = await _read(self.r)
+        assert answer[0] == 0, answer
+
+    def send(self, seq: int, payload: bytes) -> None:
+        self.w.write(len(payload).to_bytes(3, "little") + bytes((seq,)) + payload)
+
+    async def _skip(self, count: int) -> None:
+        for _ in range(count):
+            await _read(self.r)
+
+    async def prepare_response(self) -> tuple[int, int] | str:
+        _, first = await _read(self.r)
+        if first[0] == 0xFF:
+            return _error(first)
+        stmt_id = int.from_bytes(first[1:5], "little")
+        columns, params = int.from_bytes(first[5:7], "little"), int.from_bytes(first[7:9], "little")
+        await self._skip(params + (1 if params else 0) + columns + (1 if columns else 0))
+        return stmt_id, params
+
+    def send_execute(self, stmt_id: int, params: list[tuple[int, bytes]]) -> None:
+        body = b"\x17" + stmt_id.to_bytes(4, "little") + b"\0" + (1).to_bytes(4, "little")
+        if params:
+            body += bytes((len(params) + 7) // 8) + b"\x01"
+            body += b"".join(bytes((t, 0)) for t, _ in params) + b"".join(v for _, v in params)
+        self.send(0, body)
+
+    async def execute_response(self) -> str:
+        _, first = await _read(self.r)
+        if first[0] == 0xFF:
+            return _error(first)
+        if first[0] == 0x00:
+            return f"OK {first[1]}"
+        await self._skip(first[0] + 1)  # definitions and EOF
+        rows = 0
+        while True:
+            _, packet = await _read(self.r)
+            if packet[0] == 0xFE and len(packet) < 9:
+                return f"{rows} rows"
+            rows += 1
+
+    async def quit(self) -> None:
+        self.send(0, b"\x01")
+        await self.w.drain()
+        self.w.close()
+
+
+def _error(packet: bytes) -> str:
+    return f"ERR {int.from_bytes(packet[1:3], 'little')} {packet[4:9].decode()} {packet[9:].decode()}"
+
+
+def _lstr(value: bytes) -> bytes:
+    return bytes((len(value),)) + value
+
+
+async def _with_relay(server, make_engine, body) -> list[list[Event]]:
+    sessions: list[list[Event]] = []
+
+    async def handle(client_r, client_w):
+        events: list[Event] = []
+        sessions.append(events)
+        engine = make_engine()
+        server_r, server_w = await asyncio.open_connection(server.host, server.port)
+        pumps = [
+            asyncio.create_task(_pump(client_r, engine.from_client, client_w, server_w, events)),
+            asyncio.create_task(_pump(server_r, engine.from_server, client_w, server_w, events)),
+        ]
+        try:
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in pumps:
+                task.cancel()
+            for w in (client_w, server_w):
+                w.close()
+            await asyncio.gather(*pumps, return_exceptions=True)
+
+    relay = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        await asyncio.wait_for(body(relay.sockets[0].getsockname()[1]), _CLIENT_TIMEOUT)
+        await asyncio.sleep(0.05)
+    finally:
+        relay.close()
+        await relay.wait_closed()
+    return sessions
+
+
+def _hold_drops(text: str) -> Verdict:
+    if "drop" in text.lower():
+        return Verdict("hold", "drops need an approval", request_id="r-7")
+    return ALLOW
+
+
+def test_prepared_statements_through_the_engine(mariadb_server):
+    s = mariadb_server
+    db = s.create_database("binary")
+    s.sql(f"create table `{db}`.t(a bigint, b varchar(20))")
+    results: list = []
+    ids: dict[str, int] = {}
+
+    async def body(port: int) -> None:
+        c = MiniClient()
+        await c.connect(port, s.app_user, s.app_password, db)
+        c.send(0, b"\x16insert into t values (?, ?)")
+        insert, _ = await c.prepare_response()
+        c.send_execute(insert, [(0x08, (7).to_bytes(8, "little")), (0xFD, _lstr(b"seven"))])
+        results.append(await c.execute_response())
+        # pipelined: prepare and execute "the last prepared statement" (-1) before reading
+        c.send(0, b"\x16select b from t where a = ?")
+        c.send_execute(0xFFFFFFFF, [(0x08, (7).to_bytes(8, "little"))])
+        select, _ = await c.prepare_response()
+        ids["select"] = select
+        results.append(await c.execute_response())
+        c.send_execute(select, [(0x08, (8).to_bytes(8, "little"))])
+        results.append(await c.execute_response())
+        # a held prepare, and the pipelined execute that would run the previous statement
+        c.send(0, b"\x16drop table t")
+        c.send_execute(0xFFFFFFFF, [(0x08, (7).to_bytes(8, "little"))])
+        results.append(await c.prepare_response())
+        results.append(await c.execute_response())
+        c.send(0, b"\x19" + select.to_bytes(4, "little"))  # close: no answer
+        c.send_execute(select, [(0x08, (7).to_bytes(8, "little"))])
+        results.append(await c.execute_response())
+        await c.quit()
+
+    sessions = asyncio.run(
+        _with_relay(s, lambda: MySQLEngine(gate=_hold_drops, record_params=True), body)
+    )
+    select = ids["select"]
+    assert results == [
+        "OK 1",
+        "1 rows",
+        "0 rows",
+        "ERR 1227 HY000 drops need an approval",
+        "ERR 1227 42000 the last prepared statement was not allowed; prepare it again",
+        f"ERR 1243 HY000 Unknown prepared statement handler ({select}) given to mysqld_stmt_execute",
+    ]
+    [events] = sessions
+    insert_sql, select_sql = "insert into t values (?, ?)", "select b from t where a = ?"
+    assert events == [
+        SessionStarted(s.app_user, db),
+        StatementStarted(insert_sql, "prepare"),
+        StatementFinished("PREPARE"),
+        StatementStarted(insert_sql, "execute", ("7", "seven")),
+        StatementFinished("OK 1 row affected"),
+        StatementStarted(select_sql, "prepare"),
+        StatementStarted(select_sql, "execute", None),  # pipelined: parameter count not known yet
+        StatementFinished("PREPARE"),
+        StatementFinished("SELECT 1"),
+        StatementStarted(select_sql, "execute", ("8",)),
+        StatementFinished("SELECT 0"),
+        StatementBlocked("drop table t", _hold_drops("drop table t")),
+        events[12],
+        StatementStarted(f"/* unknown prepared statement {select} */", "execute"),
+        StatementFailed("1243/HY000", f"Unknown prepared statement handler ({select}) given to mysqld_stmt_execute"),
+    ]
+    assert isinstance(events[12], StatementBlocked) and events[12].verdict.rule == "mysql-refused-prepare"
+    assert s.sql(f"select count(*) from `{db}`.t").strip() == "1"
