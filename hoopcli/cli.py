@@ -373,6 +373,23 @@ def audit_export(
         emit_json(row)
 
 
+# ---- hoop dev -----------------------------------------------------------------------------
+
+
+@app.command()
+def dev(
+    workdir: Optional[str] = typer.Option(None, "--workdir", help="Keep everything in this folder (default: a temp dir removed at exit)."),
+    auto_approve: Optional[str] = typer.Option(None, "--auto-approve", help="Sign every device code in as this identity: dev-admin, dev-user or dev-agent."),
+    demo: bool = typer.Option(False, "--demo", help="Run the whole loop unattended (login, statements, a held DROP, the audit trail) and exit."),
+    port: int = typer.Option(0, "--port", help="Gateway port on 127.0.0.1 (default: a free one)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """DEVELOPMENT ONLY: a dev identity provider, a throw-away database and the gateway on 127.0.0.1, until Ctrl-C."""
+    from hoopcli.dev.stack import run_dev
+
+    raise typer.Exit(run_dev(workdir, auto_approve or False, demo, json_out, port))
+
+
 # ---- the gateway --------------------------------------------------------------------------
 
 
