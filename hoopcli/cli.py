@@ -273,6 +273,21 @@ def _connection_hints(profile, tokens, name: str) -> dict:
     return api_for(profile, tokens).connection(name).get("credentials") or {}
 
 
+@app.command("credential-process")
+def credential_process(
+    name: str = typer.Argument(..., help="A connection with broker = \"aws\" (profile-local or from the gateway)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Always ask STS; do not use the keyring cache."),
+) -> None:
+    """Print AWS credential_process JSON, for `credential_process = hoop credential-process NAME` in ~/.aws/config."""
+    import json
+
+    from hoopcli.brokers.aws import credential_process as issue
+
+    profile = _profile()
+    doc = issue(profile, name, lambda tokens: _connection_hints(profile, tokens, name), use_cache=not no_cache)
+    sys.stdout.write(json.dumps(doc) + "\n")
+
+
 # ---- approvals and audit ------------------------------------------------------------------
 
 approvals_app = typer.Typer(help="List and decide statements held for approval.", no_args_is_help=True)
