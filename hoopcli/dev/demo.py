@@ -1,0 +1,296 @@
+"""`hoop dev --demo`: the whole loop, unattended, on a throw-away stack. DEVELOPMENT ONLY.
+
+1. sign in as `dev-user` with the device flow against the dev issuer (auto-approved), in this
+   process, with hoop's own OIDC client; the id_token is validated against the issuer's JWKS
+   and then only ever handed to child processes in their environment (HOOP_TOKEN) — no
+   keyring is touched, nothing is written;
+2. run statements with `hoop exec demo-db -c …` as real `python -m hoopcli` subprocesses
+   (a config dir of their own, profile `dev`), so the tunnel, the gateway, the PostgreSQL
+   engine, the policy and the audit writer all do their real work;
+3. send one risky statement (DROP TABLE), which the default policy holds for approval, and
+   check that the table is still there;
+4. read the trail back and verify its hash chain with `hoop audit list/verify --store`.
+
+The verdict is 0 only when every expected step happened. Without PostgreSQL server binaries
+the target is a TCP echo server and the loop is: login, one echoed session, its records, the
+chain.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from hoopcli.dev.stack import CLIENT_ID, DEMO_TABLE, PROFILE, DevStack
+
+DEMO_IDENTITY = "dev-user"
+STATEMENTS = (
+    ("read", f"select id, name, email from {DEMO_TABLE} order by id"),
+    ("insert", f"insert into {DEMO_TABLE} (name, email) values ('Katherine Johnson', 'katherine@example.com')"),
+    ("update", f"update {DEMO_TABLE} set email = 'grace.hopper@example.com' where name = 'Grace Hopper'"),
+)
+RISKY = f"drop table {DEMO_TABLE}"
+CHECK = f"select count(*) as rows_left from {DEMO_TABLE}"
+ECHO_PAYLOAD = "hello through hoop"
+ECHO_CLIENT = (
+    "import os, socket, sys\n"
+    "s = socket.create_connection((os.environ['HOOP_HOST'], int(os.environ['HOOP_PORT'])), timeout=10)\n"
+    f"s.sendall({ECHO_PAYLOAD!r}.encode()); s.shutdown(socket.SHUT_WR)\n"
+    "data = b''\n"
+    "while chunk := s.recv(4096): data += chunk\n"
+    "print(data.decode()); sys.exit(0 if data.decode() == " + repr(ECHO_PAYLOAD) + " else 1)\n"
+)
+CHILD_TIMEOUT = 60
+TRAIL_TIMEOUT = 10.0
+
+
+@dataclass
+class Step:
+    name: str
+    ok: bool
+    detail: str = ""
+    exit_code: int | None = None
+
+
+class Demo:
+    def __init__(self, stack: DevStack, json_out: bool):
+        from hoopcli.output import info
+
+        self.stack = stack
+        self.json_out = json_out
+        self.say = (lambda _msg: None) if json_out else info
+        self.steps: list[Step] = []
+        self.env: dict[str, str] = {}
+        self.identity: dict = {}
+        self.records: list[dict] = []
+        self.verify: dict = {}
+        self.since = datetime.fromtimestamp(time.time() - 1, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+    # ---- the loop ------------------------------------------------------------------------
+    def run(self) -> int:
+        s = self.stack.describe()
+        self.say(f"Stack up: issuer {s['issuer']}, gateway {s['gateway']}, {s['connection']} → {s['target']}")
+        if self.login():
+            if self.stack.postgres is not None:
+                self.database_loop()
+            else:
+                self.echo_loop()
+        self.read_trail()
+        self.judge()
+        return self.report()
+
+    def login(self) -> bool:
+        from hoopcli.auth.oidc import Provider
+        from hoopcli.config import Profile
+        from hoopcli.errors import HoopError
+
+        self.say(f"1. hoop login: device flow against the dev issuer, auto-approved as {self.stack.issuer.auto_identity}")
+        try:
+            provider = Provider(self.stack.issuer.url, CLIENT_ID)
+            code = provider.start_device_flow(Profile().scopes)
+            tokens = provider.token_set(provider.poll_device_flow(code))  # signature, iss, aud, exp checked
+            claims = provider.validate_id_token(tokens.bearer)
+        except HoopError as exc:
+            self.steps.append(Step("login", False, exc.message))
+            return False
+        self.identity = {"sub": claims["sub"], "email": claims.get("email"), "groups": claims.get("groups", [])}
+        self.env = self._child_env(tokens.bearer)
+        self.steps.append(Step("login", True, f"{claims['sub']} ({', '.join(self.identity['groups'])}), token valid until {_clock(claims['exp'])}"))
+        self.say(f"   signed in as {claims['sub']} (groups: {', '.join(self.identity['groups'])})")
+        return True
+
+    def database_loop(self) -> None:
+        conn = self.stack.connection
+        self.say(f"2. statements through the gateway: hoop exec {conn} -c …")
+        for name, sql in STATEMENTS:
+            done = self.hoop("exec", conn, "-c", sql)
+            self.steps.append(Step(name, done.returncode == 0, _first_line(done) if done.returncode else sql, done.returncode))
+            self._show(sql, done)
+        self.say(f"3. a risky statement, held by the default policy: hoop exec {conn} -c '{RISKY}'")
+        done = self.hoop("exec", conn, "-c", RISKY)
+        self.held_exit = done.returncode
+        self.held_message = (done.stderr or done.stdout).strip()
+        self.steps.append(Step("drop_refused", done.returncode != 0, _first_line(done) or "it ran", done.returncode))
+        self._show(RISKY, done)
+        done = self.hoop("exec", conn, "-c", CHECK)
+        exists = self.stack.postgres.table_exists()
+        self.steps.append(Step("table_still_exists", done.returncode == 0 and exists,
+                               f"{DEMO_TABLE} " + ("still exists" if exists else "is GONE"), done.returncode))
+        self._show(CHECK, done)
+
+    def echo_loop(self) -> None:
+        conn = self.stack.connection
+        self.say(f"2. one TCP session through the gateway: hoop exec {conn} -- python (echo client)")
+        done = self.hoop("exec", conn, "--", sys.executable, "-c", ECHO_CLIENT)
+        self.steps.append(Step("echo", done.returncode == 0, _first_line(done) or "echoed", done.returncode))
+
+    def read_trail(self) -> None:
+        """Wait (bounded) until every session's end is stored, then read and verify as a person would."""
+        from hoopcli.gateway.audit import open_store
+
+        self.say("4. the audit trail: hoop audit list / verify --store …")
+        deadline = time.monotonic() + TRAIL_TIMEOUT
+        while True:
+            self.stack.gateway.flush(2.0)
+            with open_store(self.stack.audit_store) as store:
+                rows = store.query(since=self.since)
+            opened = sum(1 for r in rows if r["kind"] == "connect" and r.get("outcome") == "ok")
+            ended = sum(1 for r in rows if r["kind"] == "session_end")
+            if ended >= opened or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        listed = self.hoop("audit", "list", "--store", self.stack.audit_store, "--since", self.since, "--json")
+        self.records = [json.loads(line) for line in listed.stdout.splitlines() if line.startswith("{")]
+        self.steps.append(Step("audit_list", listed.returncode == 0 and bool(self.records), f"{len(self.records)} records", listed.returncode))
+        verified = self.hoop("audit", "verify", "--store", self.stack.audit_store, "--json")
+        lines = [json.loads(line) for line in verified.stdout.splitlines() if line.startswith("{")]
+        self.verify = lines[-1] if lines else {"ok": False, "checked": 0, "problems": [_first_line(verified)]}
+        self.steps.append(Step("audit_verify", verified.returncode == 0 and bool(self.verify.get("ok")),
+                               f"checked {self.verify.get('checked')} records: " + ("chain intact" if self.verify.get("ok") else "PROBLEMS"),
+                               verified.returncode))
+
+    # ---- the verdict -------------------------------------------------------------------
+    def judge(self) -> None:
+        """Each expected record must be in the trail, from the signed-in identity."""
+        if not self.identity:
+            return
+        sub = self.identity["sub"]
+        mine = [r for r in self.records if r.get("sub") == sub and r.get("connection") == self.stack.connection]
+        if self.stack.postgres is not None:
+            for name, sql in STATEMENTS:
+                rec = _find(mine, "statement", sql)
+                self.steps.append(Step(f"recorded_{name}", bool(rec and rec.get("outcome") == "ok"),
+                                       _describe(rec) if rec else f"no record of: {sql}"))
+            held = _find(mine, "statement", RISKY)
+            request = _find(mine, "approval_request", RISKY)
+            self.steps.append(Step("recorded_drop_held", bool(held and held.get("outcome") == "held" and request),
+                                   _describe(held) if held else "no record of the DROP"))
+        else:
+            sessions = [r for r in mine if r["kind"] == "session_end"]
+            self.steps.append(Step("recorded_session", bool(sessions),
+                                   f"{len(sessions)} session(s), bytes {sessions[0]['details']}" if sessions else "no session_end record"))
+
+    def summary(self) -> dict:
+        held = None
+        if self.stack.postgres is not None:
+            rec = _find(self.records, "statement", RISKY) or {}
+            held = {
+                "statement": RISKY,
+                "outcome": rec.get("outcome"),
+                "request_id": (rec.get("details") or {}).get("request_id"),
+                "exit_code": getattr(self, "held_exit", None),
+                "table_still_exists": any(s.name == "table_still_exists" and s.ok for s in self.steps),
+            }
+        return {
+            "event": "demo_summary",
+            "ok": all(s.ok for s in self.steps) and bool(self.steps),
+            "identity": self.identity,
+            "steps": [asdict(s) for s in self.steps],
+            "statements": [
+                {k: r.get(k) for k in ("seq", "kind", "statement", "outcome", "tag", "code")}
+                for r in self.records if r["kind"] in ("statement", "approval_request")
+            ],
+            "held": held,
+            "audit": {"store": self.stack.audit_store, "records": len(self.records), "verify": self.verify},
+            "stack": self.stack.describe(),
+        }
+
+    def report(self) -> int:
+        summary = self.summary()
+        if self.json_out:
+            from hoopcli.output import emit_json
+
+            emit_json(summary)
+        else:
+            self._print_trail()
+            out = sys.stdout
+            out.write("\nSteps:\n")
+            for s in self.steps:
+                out.write(f"  {'ok  ' if s.ok else 'FAIL'}  {s.name:<20} {s.detail}\n")
+            if summary["held"]:
+                h = summary["held"]
+                out.write(f"\nThe DROP was {h['outcome'] or 'not recorded'} (request {h['request_id']}; `hoop exec` exited {h['exit_code']}); "
+                          f"an approver (dev-admin) would run: hoop --profile {PROFILE} approvals approve {h['request_id']}\n")
+            out.write("\n" + ("Demo complete: every expected step happened.\n" if summary["ok"] else "Demo FAILED: see the steps marked FAIL.\n"))
+            out.flush()
+        return 0 if summary["ok"] else 1
+
+    # ---- helpers -----------------------------------------------------------------------
+    def hoop(self, *args: str) -> subprocess.CompletedProcess:
+        try:
+            return subprocess.run([sys.executable, "-m", "hoopcli", *args], env=self.env or None, capture_output=True,
+                                  text=True, timeout=CHILD_TIMEOUT, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            return subprocess.CompletedProcess(args, 124, "", f"hoop {args[0]} did not finish within {CHILD_TIMEOUT} s")
+
+    def _child_env(self, token: str) -> dict[str, str]:
+        import hoopcli
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HOOP_", "PG"))}
+        env.update(
+            HOOP_PROFILE=PROFILE,
+            HOOP_CONFIG_DIR=str(self.stack.config_dir),
+            HOOP_TOKEN=token,  # the children's environment is the only place it goes
+            PYTHON_KEYRING_BACKEND="keyring.backends.fail.Keyring",  # never the person's keyring
+        )
+        package_root = str(Path(hoopcli.__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
+        if self.stack.psql and shutil.which("psql", path=env.get("PATH")) is None:
+            env["PATH"] = os.pathsep.join((str(Path(self.stack.psql).parent), env.get("PATH", "")))
+        return env
+
+    def _show(self, sql: str, done: subprocess.CompletedProcess) -> None:
+        self.say(f"   $ hoop exec {self.stack.connection} -c \"{sql}\"   → exit {done.returncode}")
+        for line in (done.stdout + done.stderr).strip().splitlines()[:12]:
+            self.say(f"     | {line}")
+
+    def _print_trail(self) -> None:
+        out = sys.stdout
+        out.write(f"\nAudit trail ({len(self.records)} records in {self.stack.audit_store}):\n")
+        out.write(f"  {'seq':>4}  {'time':<8}  {'kind':<17} {'who':<9} {'outcome':<8} {'tag/code':<12} statement\n")
+        for r in self.records:
+            tag = r.get("tag") or r.get("code") or ""
+            stmt = (r.get("statement") or "").replace("\n", " ")
+            stmt = stmt if len(stmt) <= 60 else stmt[:57] + "..."
+            out.write(f"  {r.get('seq', ''):>4}  {str(r.get('ts', ''))[11:19]:<8}  {r['kind']:<17} {str(r.get('sub') or '-'):<9} "
+                      f"{str(r.get('outcome') or ''):<8} {tag:<12} {stmt}\n")
+        v = self.verify
+        out.write(f"hoop audit verify: checked {v.get('checked')} records: {'chain intact' if v.get('ok') else 'PROBLEMS: ' + '; '.join(v.get('problems', []))}\n")
+
+
+def run_demo(stack: DevStack, json_out: bool) -> int:
+    return Demo(stack, json_out).run()
+
+
+def _find(records: list[dict], kind: str, statement: str) -> dict | None:
+    for r in records:
+        if r["kind"] == kind and (r.get("statement") or "").strip().rstrip(";") == statement:
+            return r
+    return None
+
+
+def _describe(rec: dict) -> str:
+    bits = [f"seq {rec.get('seq')}", str(rec.get("outcome"))]
+    if rec.get("tag"):
+        bits.append(rec["tag"])
+    if rec.get("code"):
+        bits.append(f"code {rec['code']}")
+    return ", ".join(bits)
+
+
+def _first_line(done: subprocess.CompletedProcess) -> str:
+    for line in (done.stderr + "\n" + done.stdout).splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def _clock(ts) -> str:
+    return datetime.fromtimestamp(float(ts), tz=timezone.utc).strftime("%H:%M:%S UTC")
