@@ -444,10 +444,35 @@ def _render_error(exc: HoopError) -> None:
         emit_json({"event": "error", **exc.to_json()})
 
 
+def _click_exception() -> type[Exception]:
+    """The parse-error base class typer raises: its own copy of click's (typer >= 0.2x vendors
+    click), or click's in older typer. typer.Exit and typer.Abort are right in both."""
+    try:
+        from typer._click.exceptions import ClickException
+    except ImportError:  # pragma: no cover - older typer
+        from click.exceptions import ClickException
+    return ClickException
+
+
+def _render_usage_error(exc) -> int:
+    """A parse error: one line and a hint naming the command's own --help; `hoop` alone, help."""
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        sys.stderr.write(exc.format_message().rstrip("\n") + "\n")
+        return int(ExitCode.USAGE)
+    ctx = getattr(exc, "ctx", None)
+    command = ctx.command_path if ctx is not None else "hoop"
+    _render_error(UsageError(exc.format_message(), f"See `{command} --help`."))
+    return int(ExitCode.USAGE)
+
+
 def main(argv: List[str] | None = None) -> None:
     """Entry point: run the app and turn every failure into one line and an exit code."""
-    import click
+    import os
 
+    if os.environ.get("_HOOP_COMPLETE"):  # a shell's completion script calling back
+        from hoopcli.completion import serve
+
+        sys.exit(serve(app))
     args = sys.argv[1:] if argv is None else argv
     state.json = "--json" in args
     try:
@@ -456,13 +481,12 @@ def main(argv: List[str] | None = None) -> None:
     except HoopError as exc:
         _render_error(exc)
         code = int(exc.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         _render_error(Interrupted("interrupted", ""))
         code = int(ExitCode.INTERRUPTED)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         code = exc.exit_code
-    except click.exceptions.ClickException as exc:
-        _render_error(UsageError(exc.format_message(), "See `hoop --help` or `hoop COMMAND --help`."))
-        code = int(ExitCode.USAGE)
+    except _click_exception() as exc:
+        code = _render_usage_error(exc)
     sys.stdout.flush()
     sys.exit(code)
