@@ -21,10 +21,13 @@ def load_session(profile: Profile, *, refresh: bool = True) -> TokenSet:
     from hoopcli.auth.store import default_store
 
     store = default_store()
-    tokens = store.load(profile.name)
+    # `hoop agent` refreshes on its clients' behalf, once for all of them. Refreshing here too
+    # would present a rotated refresh token a second time, and the IdP revokes the whole grant.
+    delegated = getattr(store, "refreshes_itself", False)
+    tokens = store.load(profile.name, refresh=refresh) if delegated else store.load(profile.name)
     if tokens is None:
         raise NotLoggedIn(f"not logged in (profile '{profile.name}', {store.name})")
-    if refresh and tokens.needs_refresh():
+    if refresh and not delegated and tokens.needs_refresh():
         tokens = refresh_session(profile, tokens, store)
     return tokens
 
