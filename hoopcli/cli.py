@@ -13,6 +13,7 @@ from typing import List, Optional
 import typer
 
 from hoopcli import __version__
+from hoopcli.completion import complete_connection
 from hoopcli.errors import ExitCode, HoopError, Interrupted, UsageError
 
 app = typer.Typer(
@@ -187,7 +188,7 @@ def connections(json_out: bool = JsonOpt) -> None:
 @app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def exec_(
     ctx: typer.Context,
-    name: str = typer.Argument(..., help="Connection name (see `hoop connections`)."),
+    name: str = typer.Argument(..., help="Connection name (see `hoop connections`).", autocompletion=complete_connection),
     command: Optional[str] = typer.Option(None, "-c", "--command", help="Run one statement with the protocol's client and print its output."),
     json_out: bool = JsonOpt,
 ) -> None:
@@ -224,7 +225,7 @@ def _run_captured(argv, env, name) -> int:
 
 @app.command()
 def connect(
-    name: str = typer.Argument(..., help="Connection name (see `hoop connections`)."),
+    name: str = typer.Argument(..., help="Connection name (see `hoop connections`).", autocompletion=complete_connection),
     port: int = typer.Option(0, "--port", help="Local port on 127.0.0.1 (default: a free one)."),
     show_secrets: bool = typer.Option(False, "--show-secrets", help="Also print the password (to this terminal only)."),
     json_out: bool = JsonOpt,
@@ -241,7 +242,7 @@ def connect(
 
 @app.command()
 def creds(
-    name: str = typer.Argument(..., help="Connection name."),
+    name: str = typer.Argument(..., help="Connection name.", autocompletion=complete_connection),
     show_secrets: bool = typer.Option(False, "--show-secrets", help="Include passwords and keys."),
     json_out: bool = JsonOpt,
 ) -> None:
