@@ -651,9 +651,6 @@ def test_gate_deny_simple_query():
     res = run(script, gate=policy)
     denied_step = res.per_step[2]
     assert denied_step[0] == b""  # nothing reaches the server
-    assert parse_messages(denied_step[1]) == parse_messages(
-        denied_step[1]
-    )  # framed
     kinds = [k for k, _ in parse_messages(denied_step[1])]
     assert kinds == [b"E", b"Z"]
     fields = _refusals(denied_step[1])[0]
@@ -691,7 +688,7 @@ def test_gate_refusal_waits_behind_outstanding_answers():
     server_1 = T("a") + DR(1) + CC("SELECT 1") + Z()
     server_3 = T("a") + DR(3) + CC("SELECT 1") + Z()
     res = run(session(("c", client), ("s", server_1), ("s", server_3)), gate=policy)
-    assert res.per_step[2][0] == startup()[:0] + Q("select 1") + Q("select 3")
+    assert res.per_step[2][0] == Q("select 1") + Q("select 3")
     assert res.per_step[2][1] == b""  # nothing for the client yet
     kinds = [k for k, _ in parse_messages(res.to_client[len(LOGIN) :])]
     assert kinds == [b"T", b"D", b"C", b"Z", b"E", b"Z", b"T", b"D", b"C", b"Z"]
@@ -751,9 +748,9 @@ def test_gate_parse_refused_mid_segment_is_failed_by_the_server():
     # by one that fails at the server, so the segment's implicit work is rolled back and
     # the server's own ReadyForQuery ends it.
     client = P("begin") + B() + E() + P("drop table t") + B() + D() + E() + SYNC
-    res_engine = PostgresEngine(policy)
-    feed(res_engine, session())
-    out = res_engine.from_client(client)
+    engine = PostgresEngine(policy)
+    feed(engine, session())
+    out = engine.from_client(client)
     sent = parse_messages(out.to_server)
     assert [k for k, _ in sent] == [b"P", b"B", b"E", b"P", b"S"]
     assert b"drop" not in out.to_server and b"hoop_blocked_statement" in sent[3][1]
@@ -811,7 +808,6 @@ def test_gate_allow_passes_the_same_bytes():
 
 
 def test_function_call_is_gated_and_recorded():
-    call = msg(b"F", struct.pack("!Ihhih", 1598, 0, 1, 4, 0) + b"\0\0\0\x01" + struct.pack("!h", 0))
     call = msg(b"F", struct.pack("!Ihh", 1598, 0, 1) + struct.pack("!i", 4) + b"\0\0\0\x01" + struct.pack("!h", 0))
     reply = msg(b"V", struct.pack("!i", 1) + b"x") + Z()
     res = run(session(("c", call), ("s", reply)))
@@ -941,7 +937,7 @@ def test_random_valid_messages_split_anywhere_give_the_same_result(steps, cuts, 
     # each statement gets at most one outcome, and only after it started
     started = sum(isinstance(e, StatementStarted) for e in whole.events)
     ended = sum(isinstance(e, (StatementFinished, StatementFailed)) for e in whole.events)
-    assert ended <= started or not gated and ended <= started
+    assert ended <= started
 
 
 # ---- model-based: a toy backend answers whatever the engine forwards --------------------
@@ -1125,3 +1121,41 @@ def test_model_outcomes_and_client_view_match_a_real_backend(rounds, gated, seed
     for e in events:
         if isinstance(e, StatementStarted):
             assert "drop" not in e.text and "delete" not in e.text or not gated
+
+
+# ---- resources ----------------------------------------------------------------------------
+
+
+def test_large_bind_is_streamed_when_params_are_not_recorded():
+    engine = PostgresEngine()
+    feed(engine, session(("c", P("insert into blobs values ($1)") + SYNC), ("s", PARSE_OK + Z())))
+    bind = B([b"\x00" * 4_000_000], formats=[1])
+    first = engine.from_client(bind[:65536])
+    assert first.to_server == bind[:65536]  # passed on before the message is complete
+    sent = first.to_server
+    for k in range(65536, len(bind), 65536):
+        sent += engine.from_client(bind[k : k + 65536]).to_server
+    out = engine.from_client(E() + SYNC)
+    assert sent + out.to_server == bind + E() + SYNC
+    assert out.events == [StatementStarted("insert into blobs values ($1)", "execute")]
+
+
+def test_state_stays_bounded_over_a_long_session():
+    engine = PostgresEngine(policy)
+    feed(engine, session())
+    for k in range(3000):
+        engine.from_client(P("select $1", f"s{k}") + B([str(k)], f"s{k}", portal=f"p{k}") + E(f"p{k}") + SYNC)
+        engine.from_server(PARSE_OK + BIND_OK + DR(k) + CC("SELECT 1") + Z())
+        engine.from_client(Q("drop table t"))
+    assert not engine._fifo and not engine._payloads
+    assert len(engine._stmts) <= 10_000 and len(engine._portals) <= 10_000
+
+
+def test_an_internal_error_is_contained():
+    engine = PostgresEngine()
+    feed(engine, session())
+    engine._fifo = None  # simulate a bug of ours
+    out = engine.from_client(Q("select 1"))
+    assert out.close and isinstance(out.events[-1], ProtocolError)
+    assert "internal error" in out.events[-1].reason
+    assert engine.from_server(Z()).close

@@ -130,11 +130,16 @@ _CLIENT_TYPES = frozenset(b"BCDEFHPQSXcdfp")
 # Frontend messages forwarded while incomplete: their bodies are never needed.
 _CLIENT_STREAMED = frozenset(b"dfp")
 # Backend message types.
-_SERVER_TYPES = frozenset(b"RKSZTDCIEN A123nstGHWdcVv".replace(b" ", b""))
+_SERVER_TYPES = frozenset(b"RKSZTDCIENA123nstGHWdcVv")
 
 
 class _Broken(Exception):
-    """The stream broke the protocol; caught inside the engine, never raised to callers."""
+    """The stream broke the protocol; caught inside the engine, never raised to callers.
+
+    `at`: offset of the offending message in the chunk; what precedes it is passed on.
+    """
+
+    at = 0
 
 
 def error_response(code: str, message: str, detail: str | None = None) -> bytes:
@@ -194,7 +199,6 @@ class PostgresEngine:
         "_q_tag",
         "_q_failed",
         "_tx",
-        "_broken_at",
     )
 
     def __init__(self, gate: Gate | None = None, record_params: bool = False) -> None:
@@ -224,7 +228,6 @@ class PostgresEngine:
         self._q_tag = ""  # state of the Query at the head of the FIFO
         self._q_failed = False
         self._tx = b"I"
-        self._broken_at = 0
 
     # ---- client → server -------------------------------------------------------------
 
@@ -271,12 +274,13 @@ class PostgresEngine:
             if self._c_mode == 1 and i < len(data):
                 i, fwd, run_end = self._client_messages(data, i, fwd, parts, to_client, events)
             elif self._c_mode == 2 and i < len(data):
-                self._broken_at = i
-                raise _Broken("the client sent data after a CancelRequest")
+                exc = _Broken("the client sent data after a CancelRequest")
+                exc.at = i
+                raise exc
         except _Broken as exc:
             self._closed = True
             events.append(ProtocolError(str(exc), "client"))
-            run_end = self._broken_at
+            run_end = exc.at
             if run_end < fwd:
                 run_end = fwd
             out = Output(events=events, close=True)
@@ -296,45 +300,48 @@ class PostgresEngine:
     def _startup(self, data, i, fwd, parts, to_client, events):
         """Untyped packets: SSLRequest, GSSENCRequest, CancelRequest, StartupMessage."""
         n = len(data)
-        while self._c_mode == 0 and i < n:
-            self._broken_at = i
-            if data[i] == 0x16:
-                raise _Broken("the client started TLS directly; the tunnel carries plain PostgreSQL")
-            if n - i < 8:
-                if n - i >= 4:
-                    ln = _U32(data, i)[0]
-                    if ln < 8 or ln > _MAX_STARTUP:
-                        raise _Broken(f"startup packet length {ln} out of range")
-                self._c_pend = bytearray(data[i:])
-                return i, fwd, i
-            ln, code = struct.unpack_from("!II", data, i)
-            if ln < 8 or ln > _MAX_STARTUP:
-                raise _Broken(f"startup packet length {ln} out of range")
-            end = i + ln
-            if end > n:
-                self._c_pend = bytearray(data[i:])
-                self._c_need = ln
-                return i, fwd, i
-            if code == _SSL_REQUEST or code == _GSSENC_REQUEST:
-                if ln != 8:
-                    raise _Broken("malformed SSLRequest/GSSENCRequest")
-                if fwd < i:
-                    parts.append(data[fwd:i])
-                fwd = end
-                to_client.append(b"N")  # no TLS/GSS inside the tunnel; the client goes on in plain
-            elif code == _CANCEL_REQUEST:
-                if ln < 12:
-                    raise _Broken("malformed CancelRequest")
-                self._c_mode = 2
+        try:
+            while self._c_mode == 0 and i < n:
+                if data[i] == 0x16:
+                    raise _Broken("the client started TLS directly; the tunnel carries plain PostgreSQL")
+                if n - i < 8:
+                    if n - i >= 4:
+                        ln = _U32(data, i)[0]
+                        if ln < 8 or ln > _MAX_STARTUP:
+                            raise _Broken(f"startup packet length {ln} out of range")
+                    self._c_pend = bytearray(data[i:])
+                    return i, fwd, i
+                ln, code = struct.unpack_from("!II", data, i)
+                if ln < 8 or ln > _MAX_STARTUP:
+                    raise _Broken(f"startup packet length {ln} out of range")
+                end = i + ln
+                if end > n:
+                    self._c_pend = bytearray(data[i:])
+                    self._c_need = ln
+                    return i, fwd, i
+                if code == _SSL_REQUEST or code == _GSSENC_REQUEST:
+                    if ln != 8:
+                        raise _Broken("malformed SSLRequest/GSSENCRequest")
+                    if fwd < i:
+                        parts.append(data[fwd:i])
+                    fwd = end
+                    to_client.append(b"N")  # no TLS/GSS inside the tunnel; the client goes on in plain
+                elif code == _CANCEL_REQUEST:
+                    if ln < 12:
+                        raise _Broken("malformed CancelRequest")
+                    self._c_mode = 2
+                    i = end
+                    break
+                elif code >> 16 == 3:
+                    events.append(self._startup_message(data, i + 8, end))
+                    self._c_mode = 1
+                    self._fifo.append(_STARTUP)
+                else:
+                    raise _Broken(f"unknown startup code {code}")
                 i = end
-                break
-            elif code >> 16 == 3:
-                events.append(self._startup_message(data, i + 8, end))
-                self._c_mode = 1
-                self._fifo.append(_STARTUP)
-            else:
-                raise _Broken(f"unknown startup code {code}")
-            i = end
+        except _Broken as exc:
+            exc.at = i
+            raise
         return i, fwd, n
 
     def _startup_message(self, data: bytes, start: int, end: int) -> SessionStarted:
@@ -354,89 +361,92 @@ class PostgresEngine:
         """Typed frontend messages from offset i; returns (i, fwd, end of forwarded run)."""
         n = len(data)
         fifo = self._fifo
-        while n - i >= 5:
-            self._broken_at = i
-            t = data[i]
-            ln = _U32(data, i + 1)[0]
-            if ln < 4 or ln > _MAX_LEN:
-                raise _Broken(f"message length {ln} out of range")
-            end = i + 1 + ln
-            if end > n:
-                return self._client_tail(data, i, t, ln, fwd, parts, to_client, events)
-            if self._drop:
-                # A blocked Parse: the rest of its segment is dropped.
-                if t not in _CLIENT_TYPES:
-                    raise _Broken(f"unknown frontend message type {t:#04x}")
-                if t == 0x53:  # S
-                    if ln != 4:
-                        raise _Broken("malformed Sync")
-                    if self._drop == 2:
+        try:
+            while n - i >= 5:
+                t = data[i]
+                ln = _U32(data, i + 1)[0]
+                if ln < 4 or ln > _MAX_LEN:
+                    raise _Broken(f"message length {ln} out of range")
+                end = i + 1 + ln
+                if end > n:
+                    return self._client_tail(data, i, t, ln, fwd, parts, to_client, events)
+                if self._drop:
+                    # A blocked Parse: the rest of its segment is dropped.
+                    if t not in _CLIENT_TYPES:
+                        raise _Broken(f"unknown frontend message type {t:#04x}")
+                    if t == 0x53:  # S
+                        if ln != 4:
+                            raise _Broken("malformed Sync")
+                        if self._drop == 2:
+                            self._drop = 0
+                            self._seg_open = False
+                            fifo.append(_SYNC)
+                            i = end
+                            continue
                         self._drop = 0
-                        self._seg_open = False
-                        fifo.append(_SYNC)
+                        self._answer(None, to_client)  # the ReadyForQuery for the dropped segment
+                    elif t == 0x58:  # X: let the server end the session cleanly
                         i = end
                         continue
-                    self._drop = 0
-                    self._answer(None, to_client)  # the ReadyForQuery for the dropped segment
-                elif t == 0x58:  # X: let the server end the session cleanly
-                    i = end
-                    continue
-                if fwd < i:
-                    parts.append(data[fwd:i])
-                fwd = end
-            elif t == 0x42:  # B Bind
-                self._bind(data, i + 5, end, True)
-                fifo.append(_BIND)
-                self._seg_open = True
-            elif t == 0x45:  # E Execute
-                j = i + 5
-                z = data.find(0, j, end)
-                if z < 0:
-                    raise _Broken("malformed Execute")
-                portal = data[j:z]
-                entry = self._portals.get(portal)
-                if entry is None:
-                    events.append(StatementStarted(f"<unknown portal {_text(portal)!r}>", "execute"))
+                    if fwd < i:
+                        parts.append(data[fwd:i])
+                    fwd = end
+                elif t == 0x42:  # B Bind
+                    self._bind(data, i + 5, end, True)
+                    fifo.append(_BIND)
+                    self._seg_open = True
+                elif t == 0x45:  # E Execute
+                    j = i + 5
+                    z = data.find(0, j, end)
+                    if z < 0:
+                        raise _Broken("malformed Execute")
+                    portal = data[j:z]
+                    entry = self._portals.get(portal)
+                    if entry is None:
+                        events.append(StatementStarted(f"<unknown portal {_text(portal)!r}>", "execute"))
+                    else:
+                        events.append(StatementStarted(entry[0], "execute", entry[1]))
+                    fifo.append(_EXEC)
+                    self._seg_open = True
+                elif t == 0x53:  # S Sync
+                    if ln != 4:
+                        raise _Broken("malformed Sync")
+                    if not self._c_copy:  # during COPY FROM STDIN the server ignores Sync
+                        fifo.append(_SYNC)
+                        self._seg_open = False
+                elif t == 0x44:  # D Describe
+                    fifo.append(_DESCRIBE)
+                    self._seg_open = True
+                elif t == 0x50:  # P Parse
+                    fwd = self._parse(data, i, end, fwd, parts, to_client, events)
+                elif t == 0x51:  # Q Query
+                    fwd = self._query(data, i, end, fwd, parts, to_client, events)
+                elif t == 0x64 or t == 0x70 or t == 0x48:  # d CopyData, p password, H Flush
+                    pass
+                elif t == 0x43:  # C Close
+                    j = i + 5
+                    z = data.find(0, j + 1, end)
+                    if ln < 6 or z < 0:
+                        raise _Broken("malformed Close")
+                    what = data[j]
+                    if what == 0x53:
+                        self._stmts.pop(data[j + 1 : z], None)
+                    elif what == 0x50:
+                        self._portals.pop(data[j + 1 : z], None)
+                    fifo.append(_CLOSE)
+                    self._seg_open = True
+                elif t == 0x63 or t == 0x66:  # c CopyDone, f CopyFail
+                    self._copy_end()
+                elif t == 0x46:  # F FunctionCall
+                    fwd = self._function_call(data, i, end, fwd, parts, to_client, events)
+                elif t == 0x58:  # X Terminate
+                    pass
                 else:
-                    events.append(StatementStarted(entry[0], "execute", entry[1]))
-                fifo.append(_EXEC)
-                self._seg_open = True
-            elif t == 0x53:  # S Sync
-                if ln != 4:
-                    raise _Broken("malformed Sync")
-                if not self._c_copy:  # during COPY FROM STDIN the server ignores Sync
-                    fifo.append(_SYNC)
-                    self._seg_open = False
-            elif t == 0x44:  # D Describe
-                fifo.append(_DESCRIBE)
-                self._seg_open = True
-            elif t == 0x50:  # P Parse
-                fwd = self._parse(data, i, end, fwd, parts, to_client, events)
-            elif t == 0x51:  # Q Query
-                fwd = self._query(data, i, end, fwd, parts, to_client, events)
-            elif t == 0x64 or t == 0x70 or t == 0x48:  # d CopyData, p password, H Flush
-                pass
-            elif t == 0x43:  # C Close
-                j = i + 5
-                z = data.find(0, j + 1, end)
-                if ln < 6 or z < 0:
-                    raise _Broken("malformed Close")
-                what = data[j]
-                if what == 0x53:
-                    self._stmts.pop(data[j + 1 : z], None)
-                elif what == 0x50:
-                    self._portals.pop(data[j + 1 : z], None)
-                fifo.append(_CLOSE)
-                self._seg_open = True
-            elif t == 0x63 or t == 0x66:  # c CopyDone, f CopyFail
-                self._copy_end()
-            elif t == 0x46:  # F FunctionCall
-                fwd = self._function_call(data, i, end, fwd, parts, to_client, events)
-            elif t == 0x58:  # X Terminate
-                pass
-            else:
-                raise _Broken(f"unknown frontend message type {t:#04x}")
-            i = end
+                    raise _Broken(f"unknown frontend message type {t:#04x}")
+                i = end
+        except _Broken as exc:
+            exc.at = i
+            raise
         if i < n:  # a few bytes of the next header
             self._c_pend = bytearray(data[i:])
             return n, fwd, i
@@ -638,7 +648,6 @@ class PostgresEngine:
             fwd = self._release(data, i, fwd, parts)
         try:
             while n - i >= 5:
-                self._broken_at = i
                 t = data[i]
                 ln = _U32(data, i + 1)[0]
                 if ln < 4 or ln > _MAX_LEN:
@@ -677,7 +686,10 @@ class PostgresEngine:
                         if ln != 5:
                             raise _Broken("malformed ReadyForQuery")
                         self._tx = data[i + 5 : end]
-                        fwd = self._ready(data, i, end, fwd, parts, events)
+                        if fifo and fifo[0] == _SYNC and not self._skipping:
+                            fifo.popleft()  # the common case, inlined
+                        else:
+                            fwd = self._ready(data, i, end, fwd, parts, events)
                     else:  # ErrorResponse
                         fwd = self._error(data, i, end, fwd, parts, events)
                         if self._s_copy:
@@ -724,7 +736,7 @@ class PostgresEngine:
         except _Broken as exc:
             self._closed = True
             events.append(ProtocolError(str(exc), "server"))
-            run_end = max(self._broken_at, fwd)
+            run_end = max(i, fwd)
             if fwd < run_end:
                 parts.append(data[fwd:run_end])
             return Output(to_client=b"".join(parts), events=events, close=True)
