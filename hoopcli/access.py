@@ -95,22 +95,30 @@ def token_source(profile):
 
 @contextmanager
 def open_access(profile, name: str, *, listen_port: int = 0, on_event=None):
+    """Credentials for `name` and, for a gateway connection, a local tunnel to it.
+
+    A profile-local connection (`[profiles.P.connections.NAME]`, e.g. an AWS API) needs no
+    gateway: only its broker runs, and the child gets the broker's environment.
+    """
     from hoopcli.auth.session import load_session
-    from hoopcli.gateway_api import api_for
-    from hoopcli.tunnel import Tunnel, TunnelThread
 
     with _signals_interrupt():
         tokens = load_session(profile)
-        connection = api_for(profile, tokens).connection(name)
+        local = (profile.connections or {}).get(name)
+        if local is not None:
+            connection = {"name": name, "protocol": local.get("protocol", "api"), "credentials": dict(local)}
+        else:
+            from hoopcli.gateway_api import api_for
+
+            connection = api_for(profile, tokens).connection(name)
         broker = broker_for(connection.get("credentials") or {}, profile)
         creds = broker.issue(tokens.bearer)
         for secret in creds.secrets():
             register_secret(secret)
         access = Access(name=name, connection=connection, creds=creds, port=0, broker=broker)
         try:
-            tunnel = Tunnel(profile.gateway, name, int(connection["port"]), token_source(profile), profile.ca_file, listen_port, on_event)
-            access.tunnel_thread = TunnelThread(tunnel)
-            access.port = access.tunnel_thread.start()
+            if local is None:
+                _open_tunnel(access, profile, listen_port, on_event)
             access.keep_renewed()
             yield access
         finally:
@@ -118,6 +126,14 @@ def open_access(profile, name: str, *, listen_port: int = 0, on_event=None):
             if access.tunnel_thread is not None:
                 access.tunnel_thread.stop()
             broker.revoke(access.creds)
+
+
+def _open_tunnel(access: Access, profile, listen_port: int, on_event) -> None:
+    from hoopcli.tunnel import Tunnel, TunnelThread
+
+    tunnel = Tunnel(profile.gateway, access.name, int(access.connection["port"]), token_source(profile), profile.ca_file, listen_port, on_event)
+    access.tunnel_thread = TunnelThread(tunnel)
+    access.port = access.tunnel_thread.start()
 
 
 @contextmanager

@@ -34,7 +34,8 @@ def protocol_env(protocol: str, port: int, creds: Credentials, database: str) ->
         env.update(MYSQL_HOST="127.0.0.1", MYSQL_TCP_PORT=str(port))
         if creds.password:
             env["MYSQL_PWD"] = creds.password
-    env.update(HOOP_HOST="127.0.0.1", HOOP_PORT=str(port))
+    if port:
+        env.update(HOOP_HOST="127.0.0.1", HOOP_PORT=str(port))
     if creds.username:
         env["HOOP_DB_USER"] = creds.username
     if database:
