@@ -442,7 +442,7 @@ def _render_error(exc: HoopError) -> None:
     if state.json:
         from hoopcli.output import emit_json
 
-        emit_json({"event": "error", **exc.to_json()})
+        emit_json({"event": "error", **exc.to_json(), "error": redact(exc.message)})
 
 
 def _click_exception() -> type[Exception]:
