@@ -266,6 +266,17 @@ def test_exec_psql_sees_the_ephemeral_role(exec_env, pg_server):
     assert _ephemeral_roles(pg_server) == before
 
 
+def test_creds_shows_then_revokes(exec_env, pg_server):
+    from tests.support.cli import run_subprocess
+
+    result = run_subprocess(["creds", "vault-db", "--json"], exec_env)
+    assert result.code == 0, result.err
+    (data,) = result.json_lines()
+    assert data["broker"] == "vault" and data["username"].startswith(ROLE_PREFIX) and data["renewable"]
+    assert "password" not in data and 250 < data["expires_in"] <= 300
+    assert not pg_server.role_exists(data["username"])
+
+
 def test_exec_bob_is_refused_by_vault(vault_gateway, tokens, tmp_path):
     from tests.support.cli import run_subprocess, subprocess_env
 
