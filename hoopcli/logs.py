@@ -10,7 +10,8 @@ _PATTERNS = [
     (re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), "[JWT]"),
     (re.compile(r"(?i)(bearer\s+)[^\s'\"]+"), r"\1[REDACTED]"),
     (re.compile(r"(?i)((?:password|passwd|secret|token|refresh_token|access_token|id_token|device_code|session_token|client_secret)[\"']?\s*[:=]\s*[\"']?)[^\s&'\",}]+"), r"\1[REDACTED]"),
-    (re.compile(r"(://[^:/@\s]+:)[^@\s]+@"), r"\1[REDACTED]@"),
+    # user:password@host, in a URL or bare (an error naming a URL's netloc)
+    (re.compile(r"((?:://|(?<![^\s(\[<'\"=,]))[^\s:/@'\"]+:)(?!//)[^\s@]+@"), r"\1[REDACTED]@"),
 ]
 _known_secrets: set[str] = set()
 
