@@ -75,16 +75,20 @@ class TunnelStatus:
             console.print("Tunnel open — Ctrl-C to close it.", markup=False)
 
     def event(self, kind: str, detail: dict) -> None:
+        """Refusals and errors always reach stderr in words; --json also gets an event line."""
         from hoopcli.output import emit_json, info
 
         if "active" in detail:
             self.active = detail["active"]
-        if self.json_out:
-            emit_json({"event": kind, **{k: str(v) for k, v in detail.items()}})
-        elif kind == "refused":
-            info(self._refusal(detail))
+        message = None
+        if kind == "refused":
+            message = self._refusal(detail)
         elif kind == "error":
-            info(self._error(detail["error"]))
+            message = self._error(detail["error"])
+        if message:
+            info(message)
+        if self.json_out:
+            emit_json({"event": kind, "active": self.active, **({"message": message} if message else {})})
         if self.status is not None:
             self.status.update(f"{self.active} client connection{'s' if self.active != 1 else ''} — Ctrl-C to close the tunnel")
 
