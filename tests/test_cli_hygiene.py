@@ -1,0 +1,262 @@
+"""CLI hygiene: every --help works, bad input is one error line and one hint with exit code 2,
+--json errors are JSON on stdout, --debug never shows a secret, and start-up stays light.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import socket
+import subprocess
+import sys
+from contextlib import redirect_stderr
+
+import pytest
+import typer
+
+from hoopcli import logs
+from tests.support.cli import REPO, run_subprocess, subprocess_env
+
+# Modules `hoop --help` and `hoop --version` must not pay for (DESIGN: heavy imports are lazy).
+HEAVY = ("boto3", "botocore", "hvac", "uvloop", "pglast", "sqlglot", "requests")
+
+
+def command_paths() -> list[list[str]]:
+    from hoopcli.cli import app
+
+    def walk(command, path):
+        yield path
+        for name, sub in sorted(getattr(command, "commands", {}).items()):
+            if not sub.hidden:
+                yield from walk(sub, path + [name])
+
+    return list(walk(typer.main.get_command(app), []))
+
+
+def assert_one_error_and_hint(result, code: int = 2) -> None:
+    lines = result.err.splitlines()
+    assert result.code == code, result.err
+    assert "Traceback" not in result.err
+    assert len(lines) == 2, result.err
+    assert lines[0].startswith("hoop: error: ") and len(lines[0]) > len("hoop: error: ")
+    assert lines[1].startswith("hoop: hint: ") and len(lines[1]) > len("hoop: hint: ")
+
+
+def only_json(result) -> dict:
+    lines = result.out.splitlines()
+    assert len(lines) == 1, result.out
+    obj = json.loads(lines[0])
+    assert isinstance(obj, dict) and {"error", "hint", "exit_code"} <= set(obj)
+    return obj
+
+
+# ---- help ----------------------------------------------------------------------------------
+
+
+def test_the_command_tree_is_complete():
+    names = {" ".join(p) for p in command_paths()}
+    assert {"", "exec", "connect", "creds", "connections", "login", "config set", "approvals approve", "audit verify", "gateway"} <= names
+
+
+@pytest.mark.parametrize("path", command_paths(), ids=lambda p: " ".join(p) or "hoop")
+def test_every_command_has_help(path, hoop):
+    result = hoop(*path, "--help")
+    assert result.code == 0, result.err
+    assert result.out.startswith("Usage: hoop"), result.out
+    assert result.err == ""
+
+
+# ---- bad input -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--bogus"],
+        ["connections", "--bogus"],
+        ["nope"],
+        ["exec"],
+        ["connect"],
+        ["creds"],
+        ["approvals", "approve"],
+        ["config", "set", "issuer"],
+        ["connect", "app-db", "--port", "not-a-number"],
+        ["audit", "list", "--limit"],
+    ],
+    ids=" ".join,
+)
+def test_bad_input_is_one_error_and_one_hint(args, hoop):
+    result = hoop(*args)
+    assert_one_error_and_hint(result)
+    assert result.out == ""
+
+
+def test_the_hint_names_the_commands_own_help(hoop):
+    assert "`hoop connect --help`" in hoop("connect").err
+    assert "`hoop --help`" in hoop("--bogus").err
+
+
+def test_hoop_alone_shows_usage(hoop):
+    result = hoop()
+    assert result.code == 2 and "Usage: hoop" in result.err and "Traceback" not in result.err
+
+
+@pytest.mark.parametrize("args", [["--bogus"], ["exec"], ["connect", "x", "--port", "x"]], ids=" ".join)
+def test_bad_input_in_a_real_process(args, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    assert_one_error_and_hint(run_subprocess(args, subprocess_env(home)))
+
+
+# ---- --json errors -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [["connections", "--json", "--bogus"], ["exec", "--json"]], ids=" ".join)
+def test_json_usage_error_is_json_on_stdout(args, hoop):
+    result = hoop(*args)
+    assert_one_error_and_hint(result)
+    obj = only_json(result)
+    assert obj["exit_code"] == 2 and obj["error"] and obj["hint"]
+
+
+def test_json_not_logged_in(hoop, monkeypatch):
+    monkeypatch.setenv("HOOP_GATEWAY", "https://gateway.invalid:8443")
+    result = hoop("connections", "--json")
+    assert_one_error_and_hint(result, code=3)
+    assert only_json(result)["exit_code"] == 3
+
+
+def test_json_error_from_the_gateway(as_user):
+    result = run_subprocess(["creds", "no-such-db", "--json"], as_user("alice"))
+    assert_one_error_and_hint(result, code=7)
+    assert only_json(result)["exit_code"] == 7
+
+
+def test_password_in_the_gateway_url_is_never_shown(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    home = tmp_path / "home"
+    home.mkdir()
+    token = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLXNlY3JldA"
+    env = subprocess_env(home, HOOP_TOKEN=token, HOOP_GATEWAY=f"https://alice:hunter2secret@127.0.0.1:{closed}")
+    result = run_subprocess(["--debug", "connections", "--json"], env)
+    assert result.code == 6, result.err
+    assert only_json(result)["exit_code"] == 6
+    for secret in ("hunter2secret", token, token.rsplit(".", 1)[1]):
+        assert secret not in result.out and secret not in result.err
+
+
+# ---- --debug -------------------------------------------------------------------------------
+
+
+def test_debug_log_never_shows_the_token(as_user, tokens):
+    token = tokens("alice")
+    result = run_subprocess(["--debug", "connections"], as_user("alice"))
+    assert result.code == 0, result.err
+    assert "app-db" in result.out
+    assert " DEBUG " in result.err  # the log was on
+    assert token not in result.err and token.rsplit(".", 1)[1] not in result.err
+
+
+@pytest.fixture
+def debug_log():
+    """logs.setup(True) writing into a buffer; the root logger restored afterwards."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    buffer = io.StringIO()
+    with redirect_stderr(buffer):
+        logs.setup(True)
+    yield buffer
+    root.handlers[:], level = saved
+    root.setLevel(level)
+
+
+def test_debug_log_masks_secrets(debug_log):
+    jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLXNlY3JldA"
+    log = logging.getLogger("hoopcli.test")
+    log.debug("id token %s", jwt)
+    log.debug("headers {'Authorization': 'Bearer %s'}", "opaque-access-token-value")
+    log.debug("dsn postgresql://app_user:pg-pass-123@127.0.0.1:5432/app password=hunter2 ok")
+    logs.register_secret("vault-issued-pw-42")
+    log.debug("child env PGPASSWORD set to vault-issued-pw-42")
+    text = debug_log.getvalue()
+    for secret in (jwt, "c2lnbmF0dXJlLXNlY3JldA", "opaque-access-token-value", "pg-pass-123", "hunter2", "vault-issued-pw-42"):
+        assert secret not in text, text
+    assert text.count("DEBUG") == 4 and "127.0.0.1:5432/app" in text
+
+
+# ---- logs.redact ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, secret",
+    [
+        ("token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig_-part", "eyJhbGciOiJIUzI1NiJ9"),
+        ("Authorization: Bearer abc.def-ghi", "abc.def-ghi"),
+        ("Proxy-Authorization: bearer opaque123", "opaque123"),
+        ("password=hunter2&user=x", "hunter2"),
+        ('{"refresh_token": "rt-9f8e7d"}', "rt-9f8e7d"),
+        ("client_secret: s3cr3t", "s3cr3t"),
+        ("postgresql://u:pw-in-url@h:5432/db", "pw-in-url"),
+        ("cannot reach the gateway at alice:netloc-pw@gw:8443", "netloc-pw"),
+    ],
+)
+def test_redact_masks(text, secret):
+    masked = logs.redact(text)
+    assert secret not in masked and ("[REDACTED]" in masked or "[JWT]" in masked)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["connect app-db:5432", "GET /api/connections HTTP/1.1 200", "at 12:30 alice@example.com", "https://gw:8443/api", ""],
+)
+def test_redact_leaves_ordinary_text_alone(text):
+    assert logs.redact(text) == text
+
+
+def test_redact_masks_registered_secrets_but_not_short_ones():
+    logs.register_secret("issued-password-xyz")
+    logs.register_secret("abc")  # too short to mask without garbling ordinary text
+    assert logs.redact("pw issued-password-xyz, abc") == "pw [REDACTED], abc"
+
+
+# ---- start-up ------------------------------------------------------------------------------
+
+IMPORTS = """
+import json, os, sys
+from hoopcli.cli import main
+for args in json.loads(sys.argv[1]):
+    try:
+        main(args)
+    except SystemExit:
+        pass
+heavy = set(json.loads(sys.argv[2]))
+bad = sorted(m for m in sys.modules if m.split(".")[0] in heavy or m == "hoopcli.gateway" or m.startswith("hoopcli.gateway."))
+os.write(2, ("\\nOFFENDERS " + json.dumps(bad) + "\\n").encode())
+"""
+
+
+def imported_heavy(runs: list[list[str]], env: dict) -> list[str]:
+    proc = subprocess.run(
+        [sys.executable, "-c", IMPORTS, json.dumps(runs), json.dumps(HEAVY)],
+        env=env, capture_output=True, text=True, timeout=60, cwd=REPO,
+    )
+    line = [ln for ln in proc.stderr.splitlines() if ln.startswith("OFFENDERS ")]
+    assert line, proc.stderr
+    return json.loads(line[-1].split(" ", 1)[1])
+
+
+def test_help_and_version_import_nothing_heavy(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    offenders = imported_heavy([["--version"], ["--help"], ["exec", "--help"], ["config", "--help"]], subprocess_env(home))
+    assert offenders == [], f"`hoop --help`/`--version` imported {offenders}: import them inside the command that needs them"
+
+
+def test_completing_a_command_imports_nothing_heavy(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    env = subprocess_env(home, _HOOP_COMPLETE="complete_bash", COMP_WORDS="hoop ex", COMP_CWORD="1")
+    assert imported_heavy([[]], env) == []
