@@ -377,6 +377,9 @@ def test_whole_chunks_are_passed_on_as_the_same_object():
     out = conv.engine.from_server(response)
     assert out.to_client is response
     assert out.events == [StatementFinished("SELECT 50")]
+    pipelined = query("select 1") + cmd(0x0E) + query("select 2")  # held for the gate, then let go
+    out = conv.engine.from_client(pipelined)
+    assert out.to_server is pipelined
 
 
 def test_error(split):

@@ -182,25 +182,35 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(10)
 
 
-def _start(base: Path, server: str, install: str) -> tuple[subprocess.Popen, int]:
-    datadir = base / "data"
+def _start(base: Path, server: str, install: str) -> tuple[subprocess.Popen, int, Path]:
+    # A private tmpdir: installs running at the same time (parallel test sessions) otherwise
+    # trip over each other's temporary tables in /tmp.
+    tmpdir = base / "tmp"
+    tmpdir.mkdir(exist_ok=True)
+    env = {**os.environ, "TMPDIR": str(tmpdir)}
     install_log = base / "install.log"
-    with install_log.open("wb") as log:
-        result = subprocess.run(
-            [
-                install,
-                "--no-defaults",
-                f"--datadir={datadir}",
-                "--user=root",
-                "--auth-root-authentication-method=normal",
-                "--skip-test-db",
-                "--skip-name-resolve",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            timeout=180,
-        )
-    if result.returncode != 0:
+    for attempt in range(2):
+        datadir = base / f"data{attempt}"
+        with install_log.open("ab") as log:
+            result = subprocess.run(
+                [
+                    install,
+                    "--no-defaults",
+                    f"--datadir={datadir}",
+                    f"--tmpdir={tmpdir}",
+                    "--user=root",
+                    "--auth-root-authentication-method=normal",
+                    "--skip-test-db",
+                    "--skip-name-resolve",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                timeout=180,
+            )
+        if result.returncode == 0:
+            break
+    else:
         raise RuntimeError(f"mariadb-install-db failed:\n{_log_tail(install_log)}")
     cert, key = _self_signed(base)
     error_log = base / "error.log"
@@ -211,6 +221,7 @@ def _start(base: Path, server: str, install: str) -> tuple[subprocess.Popen, int
                 server,
                 "--no-defaults",
                 f"--datadir={datadir}",
+                f"--tmpdir={tmpdir}",
                 f"--socket={base / 'mysqld.sock'}",
                 f"--pid-file={base / 'mysqld.pid'}",
                 f"--log-error={error_log}",
@@ -222,6 +233,7 @@ def _start(base: Path, server: str, install: str) -> tuple[subprocess.Popen, int
                 "--innodb-flush-log-at-trx-commit=0",
                 "--innodb-doublewrite=0",
                 "--max-connections=200",
+                "--max-connect-errors=1000000",
                 "--max-allowed-packet=64M",
                 "--local-infile=1",
                 f"--ssl-cert={cert}",
@@ -240,7 +252,7 @@ def _start(base: Path, server: str, install: str) -> tuple[subprocess.Popen, int
                     with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
                         s.settimeout(2)
                         if s.recv(5)[4:5] == b"\x0a":  # a protocol 10 greeting
-                            return proc, port
+                            return proc, port, datadir
                 except OSError:
                     pass
             time.sleep(0.1)
@@ -258,7 +270,7 @@ def mariadb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDB
     if not (server and install and client):
         pytest.skip("MariaDB (mariadbd, mariadb-install-db, mariadb) is not installed")
     base = tmp_path_factory.mktemp("mariadb")
-    proc, port = _start(base, server, install)
+    proc, port, datadir = _start(base, server, install)
     try:
         admin_password = secrets.token_urlsafe(18)
         app_password = secrets.token_urlsafe(18)
@@ -292,7 +304,7 @@ def mariadb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDB
             app_user="app_user",
             app_password=app_password,
             database="app",
-            datadir=base / "data",
+            datadir=datadir,
             socket_path=base / "mysqld.sock",
             tls_cert=base / "server.crt",
             client=client,

@@ -435,7 +435,7 @@ class MySQLEngine:
                 st.keep = 0
                 if length == 0:
                     st.first = -1
-                    self._decide(st, -1, 0)
+                    self._decide(st, -1)
                     self._complete(st, i)
                 else:
                     st.awaiting_first = True
@@ -443,7 +443,7 @@ class MySQLEngine:
             if st.awaiting_first:
                 st.awaiting_first = False
                 st.first = data[i]
-                self._decide(st, data[i], i)
+                self._decide(st, data[i])
             # ---- inside a payload -----------------------------------------------------------
             take = st.remaining if st.remaining <= n - i else n - i
             keep = st.keep
@@ -487,7 +487,7 @@ class MySQLEngine:
             parts.append(data[st.emit_from :])
         return b"".join(parts)
 
-    def _decide(self, st: _Stream, first: int, i: int) -> None:
+    def _decide(self, st: _Stream, first: int) -> None:
         """First payload byte known: choose how much to keep and whether to withhold it."""
         if st.direction == "server":
             keep, hold = self._server_keep(first, st.first_len)
@@ -498,11 +498,7 @@ class MySQLEngine:
         if st.pending:
             st.pending = False
             if hold:
-                st.hold = True
-                s = st.pkt_start if st.pkt_start > 0 else 0
-                if s > st.emit_from:
-                    st.parts.append(st.data[st.emit_from : s])
-                st.emit_from = s
+                st.hold = True  # bytes before the packet are cut off only if it is not forwarded
             elif st.held:
                 st.parts.append(bytes(st.held))
                 st.held = bytearray()
@@ -517,16 +513,17 @@ class MySQLEngine:
             action = self._client_packet(st.first, st.seq, payload, st.size)
         if st.hold:
             st.hold = False
-            if action is _DROP:
-                st.held = bytearray()
-                st.emit_from = end
-            elif action is _FORWARD or action is None:
-                if st.held:
+            if action is _FORWARD or action is None:
+                if st.held:  # the packet began in an earlier chunk: nothing precedes it here
                     st.parts.append(bytes(st.held))
                     st.held = bytearray()
-            else:  # replacement bytes
+            else:
+                start = st.pkt_start if st.pkt_start > 0 else 0
+                if start > st.emit_from:
+                    st.parts.append(st.data[st.emit_from : start])
                 st.held = bytearray()
-                st.parts.append(action)  # type: ignore[arg-type]
+                if action is not _DROP:  # replacement bytes
+                    st.parts.append(action)  # type: ignore[arg-type]
                 st.emit_from = end
         if st.direction == "server":
             self._flush_synthetic(st, end)
