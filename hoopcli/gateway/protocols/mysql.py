@@ -59,7 +59,6 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from .base import (
-    ALLOW,
     MAX_MESSAGE_BYTES,
     Event,
     Gate,
