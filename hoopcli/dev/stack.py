@@ -38,14 +38,13 @@ import signal
 import socket
 import socketserver
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hoopcli.errors import ConfigError, Unreachable, UsageError
+from hoopcli.errors import ConfigError, Interrupted, Unreachable, UsageError
 
 PROFILE = "dev"
 CLIENT_ID = "hoop-cli"
@@ -195,6 +194,8 @@ class DemoPostgres:
         )
 
     def start(self) -> None:
+        if self.datadir.exists():  # a kept --workdir: the cluster is throw-away, every run starts fresh
+            shutil.rmtree(self.datadir)
         done = self.run("initdb", "-D", str(self.datadir), "--auth-local=peer", "--auth-host=scram-sha-256",
                         "-E", "UTF8", "--no-locale", "--no-sync")
         if done.returncode != 0:
@@ -375,6 +376,7 @@ class DevStack:
     postgres: DemoPostgres | None = None
     echo: EchoServer | None = None
     psql: str | None = None
+    kept: bool = False  # a --workdir stays; a temp work dir is removed at exit
     started_at: float = field(default_factory=time.time)
 
     @property
@@ -541,13 +543,15 @@ def start_stack(workdir: str | None, auto_approve: bool | str, port: int = 0, *,
             postgres=pg,
             echo=echo,
             psql=find_psql(bindir) if pg is not None else None,
+            kept=keep,
         )
     finally:
-        for cleanup in reversed(cleanups):
-            with contextlib.suppress(Exception):
-                cleanup()
-        if not keep:
-            shutil.rmtree(root, ignore_errors=True)
+        with _signals_ignored():  # a second Ctrl-C must not leave a postmaster behind
+            for cleanup in reversed(cleanups):
+                with contextlib.suppress(Exception):
+                    cleanup()
+            if not keep:
+                shutil.rmtree(root, ignore_errors=True)
 
 
 # ---- `hoop dev` ---------------------------------------------------------------------------
@@ -556,6 +560,14 @@ def start_stack(workdir: str | None, auto_approve: bool | str, port: int = 0, *,
 def run_dev(workdir: str | None, auto_approve: bool | str, demo: bool, json_out: bool, port: int) -> int:
     """Start the stack; with `demo`, run the unattended loop and return its verdict, otherwise
     print the next commands and wait for Ctrl-C (or SIGTERM/SIGHUP)."""
+    try:
+        with _signals_interrupt():
+            return _run(workdir, auto_approve, demo, json_out, port)
+    except KeyboardInterrupt:
+        raise Interrupted("hoop dev was stopped before it finished", "Everything it had started was stopped and removed.") from None
+
+
+def _run(workdir: str | None, auto_approve: bool | str, demo: bool, json_out: bool, port: int) -> int:
     from hoopcli.output import emit_json, info
 
     if demo:
@@ -604,27 +616,51 @@ def _announce(stack: DevStack, info) -> None:
         "Next, in another terminal:",
         *(f"  {c}" for c in stack.next_commands()),
         "",
-        f"Press Ctrl-C to stop (work dir {d['workdir']}).",
+        f"Press Ctrl-C to stop; the work dir {d['workdir']} is then " + ("kept." if stack.kept else "removed."),
     ]
     for line in lines:
         info(line)
 
 
 def _wait_for_stop() -> None:
-    """Until Ctrl-C, SIGTERM or SIGHUP; the caller's `with` blocks then stop everything."""
-    stop = threading.Event()
+    """Until Ctrl-C (or SIGTERM/SIGHUP, turned into the same by `_signals_interrupt`)."""
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def _signals_interrupt():
+    """SIGTERM and SIGHUP raise KeyboardInterrupt like Ctrl-C does, so that however `hoop dev`
+    is stopped (short of SIGKILL) the `finally` blocks stop the database and the gateway."""
+
+    def interrupt(_signum, _frame):
+        raise KeyboardInterrupt
+
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGHUP):
-            previous[sig] = signal.signal(sig, lambda *_: stop.set())
+            previous[sig] = signal.signal(sig, interrupt)
     try:
-        while not stop.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
+        yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if sys.stderr:
-            sys.stderr.flush()
 
+
+@contextlib.contextmanager
+def _signals_ignored():
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in _STOP_SIGNALS:
+            previous[sig] = signal.signal(sig, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
