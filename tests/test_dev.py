@@ -225,7 +225,7 @@ def _summary(stdout: str) -> dict:
 
 
 def test_demo_runs_the_whole_loop_unattended(tmp_path):
-    from hoopcli.dev.stack import find_pg_bindir, find_psql
+    from hoopcli.dev.stack import postgres_usable
 
     home = tmp_path / "home"
     home.mkdir()
@@ -241,8 +241,7 @@ def test_demo_runs_the_whole_loop_unattended(tmp_path):
     assert summary["ok"] and all(step["ok"] for step in summary["steps"])
     assert summary["identity"]["sub"] == "dev-user"
     assert summary["audit"]["verify"]["ok"] and summary["audit"]["verify"]["checked"] >= summary["audit"]["records"] > 0
-    bindir = find_pg_bindir()
-    if bindir is not None and find_psql(bindir):
+    if postgres_usable()[0] is not None:
         recorded = {(r["statement"], r["kind"]): r for r in summary["statements"]}
         assert recorded[("select id, name, email from customers order by id", "statement")]["tag"] == "SELECT 3"
         assert recorded[("insert into customers (name, email) values ('Katherine Johnson', 'katherine@example.com')", "statement")]["tag"] == "INSERT 0 1"
@@ -323,6 +322,7 @@ def test_echo_target_demo_in_process(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     with start_stack(str(tmp_path / "dev"), "dev-agent", own_config=True, target="tcp") as stack:
         assert stack.connection == "demo-echo" and stack.postgres is None
+        assert stack.describe()["no_postgres_because"] == "a TCP target was asked for"
         code = run_demo(stack, json_out=True)
     summary = _summary(capsys.readouterr().out)
     assert code == 0 and summary["ok"], summary["steps"]

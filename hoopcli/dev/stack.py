@@ -124,6 +124,21 @@ def _version_key(path: str) -> tuple:
     return tuple(int(p) for p in part.split(".") if p.isdigit()) or (0,)
 
 
+def postgres_usable() -> tuple[Path | None, str]:
+    """(server bindir, "") when a demo cluster can run here, else (None, the reason)."""
+    bindir = find_pg_bindir()
+    if bindir is None:
+        return None, "no PostgreSQL server binaries (initdb, pg_ctl) found"
+    if find_psql(bindir) is None:
+        return None, "no psql client found"
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return None, "running as root, and there is no `postgres` user to run PostgreSQL as"
+    return bindir, ""
+
+
 def find_psql(bindir: Path | None) -> str | None:
     if bindir is not None and (bindir / "psql").exists():
         return str(bindir / "psql")
@@ -377,6 +392,7 @@ class DevStack:
     echo: EchoServer | None = None
     psql: str | None = None
     kept: bool = False  # a --workdir stays; a temp work dir is removed at exit
+    no_postgres_because: str = ""  # why the target is the TCP echo server
     started_at: float = field(default_factory=time.time)
 
     @property
@@ -395,6 +411,7 @@ class DevStack:
             "protocol": self.protocol,
             "target": f"127.0.0.1:{self.target_port}",
             "postgres_version": self.postgres.version if self.postgres else None,
+            "no_postgres_because": self.no_postgres_because or None,
             "database": DEMO_DB if self.postgres else None,
             "table": DEMO_TABLE if self.postgres else None,
             "profile": PROFILE,
@@ -475,9 +492,9 @@ def start_stack(workdir: str | None, auto_approve: bool | str, port: int = 0, *,
         cleanups.append(issuer.stop)
 
         pg = echo = None
-        bindir = find_pg_bindir() if target in ("auto", "postgres") else None
+        bindir, why_not = postgres_usable() if target in ("auto", "postgres") else (None, "a TCP target was asked for")
         if bindir is None and target == "postgres":
-            raise ConfigError("no PostgreSQL server binaries (initdb, pg_ctl) found", "Install PostgreSQL, or run without it for a TCP echo target.")
+            raise ConfigError(f"no demo PostgreSQL: {why_not}", "Install PostgreSQL (server and psql), or run without it for a TCP echo target.")
         if bindir is not None:
             pg = DemoPostgres(bindir, root / "pg")
             cleanups.append(pg.stop)
@@ -544,6 +561,7 @@ def start_stack(workdir: str | None, auto_approve: bool | str, port: int = 0, *,
             echo=echo,
             psql=find_psql(bindir) if pg is not None else None,
             kept=keep,
+            no_postgres_because=why_not if pg is None else "",
         )
     finally:
         with _signals_ignored():  # a second Ctrl-C must not leave a postmaster behind
@@ -602,7 +620,7 @@ def _announce(stack: DevStack, info) -> None:
     if stack.postgres:
         target = f"PostgreSQL {d['postgres_version']} on {d['target']}, database {DEMO_DB}, table {DEMO_TABLE}, role {DEMO_ROLE}"
     else:
-        target = f"TCP echo server on {d['target']} (no PostgreSQL server binaries found)"
+        target = f"TCP echo server on {d['target']} ({stack.no_postgres_because})"
     lines = [
         "",
         f"  issuer      {d['issuer']}   (sign-in page {d['device_page']}; {who})",
