@@ -159,6 +159,7 @@ class ClientSide(asyncio.Protocol):
         self.gw = gateway
         self.transport = None
         self.buffer = bytearray()
+        self.server_early = bytearray()
         self.mode = "head"  # head → handling → relay → closed
         self.target: TargetSide | None = None
         self.engine = None
@@ -225,6 +226,9 @@ class ClientSide(asyncio.Protocol):
             self.close()
 
     def from_server(self, data: bytes) -> None:
+        if self.mode != "relay":
+            self.server_early += data
+            return
         self.bytes_down += len(data)
         out = self.engine.from_server(data)
         if out.to_client:
@@ -295,21 +299,28 @@ class ClientSide(asyncio.Protocol):
             return self.refuse(503, "the audit store is unavailable; sessions are refused until it is back", base)
         if self.mode == "closed":
             return
-        loop = asyncio.get_running_loop()
-        try:
-            _, target = await asyncio.wait_for(loop.create_connection(lambda: TargetSide(self), conn.host, conn.port), DIAL_TIMEOUT)
-        except (OSError, asyncio.TimeoutError) as exc:
-            return self.refuse(502, f"target of {name} is unreachable ({type(exc).__name__})", base)
-        if self.mode == "closed":
-            target.transport.close()
-            return
-        self.target = target
+        # Engine, recorder and target protocol exist before the dial: a server that speaks
+        # first (MySQL's greeting) may send bytes the moment the connection is up. They are
+        # held in `server_early` until the client has its 200.
         self.engine = gw.engine_for(conn, identity)
         self.recorder = SessionRecorder(gw.submit, {k: v for k, v in base.items() if k != "details"})
+        self.target = TargetSide(self)
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(loop.create_connection(lambda: self.target, conn.host, conn.port), DIAL_TIMEOUT)
+        except (OSError, asyncio.TimeoutError) as exc:
+            self.target = self.engine = self.recorder = None
+            return self.refuse(502, f"target of {name} is unreachable ({type(exc).__name__})", base)
+        if self.mode == "closed":
+            self.target.transport.close()
+            return
         self.started = time.time()
         self.recorder.record("connect", outcome="ok", code="200", details=base["details"])
         self.transport.write(CONNECT_OK)
         self.mode = "relay"
+        if self.server_early:
+            early, self.server_early = bytes(self.server_early), bytearray()
+            self.from_server(early)
         if self.buffer:
             early = bytes(self.buffer)
             self.buffer.clear()
@@ -330,7 +341,7 @@ class ClientSide(asyncio.Protocol):
         self.mode = "closed"
 
     def _end_session(self) -> None:
-        if self.recorder is None:
+        if self.recorder is None or not self.started:
             return
         recorder, self.recorder = self.recorder, None
         for _ in range(len(recorder.pending)):
