@@ -225,7 +225,7 @@ def _login_error(b: VaultBroker, detail: str, exc: Exception) -> BrokerError:
     import hvac.exceptions
 
     role = b.auth_role or "(default role)"
-    if "could not be found" in detail or "role" in detail and "not found" in detail:
+    if "could not be found" in detail or ("role" in detail and "not found" in detail):
         return BrokerError(f"Vault has no JWT auth role '{role}' at auth/{b.auth_mount} ({detail})",
                            "Ask the gateway admin to fix `auth_role` in the connection's credentials.")
     if "expired" in detail:
