@@ -34,12 +34,12 @@ def protocol_env(protocol: str, port: int, creds: Credentials, database: str) ->
         env.update(MYSQL_HOST="127.0.0.1", MYSQL_TCP_PORT=str(port))
         if creds.password:
             env["MYSQL_PWD"] = creds.password
-    if port:
+    if protocol in ("postgres", "mysql", "tcp"):
         env.update(HOOP_HOST="127.0.0.1", HOOP_PORT=str(port))
-    if creds.username:
-        env["HOOP_DB_USER"] = creds.username
-    if database:
-        env["HOOP_DB_NAME"] = database
+        if creds.username:
+            env["HOOP_DB_USER"] = creds.username
+        if database:
+            env["HOOP_DB_NAME"] = database
     env.update(creds.env)
     return env
 
@@ -85,18 +85,24 @@ def run_child(argv: list[str], env: dict[str, str]) -> int:
         raise UsageError("no command to run", "Use `hoop exec NAME -- CMD ARGS…`.")
     if shutil.which(argv[0], path=env.get("PATH")) is None:
         raise UsageError(f"command not found: {argv[0]}", "Install it or give its full path.")
-    child = subprocess.Popen(argv, env=env)
-    previous = {}
+    child: subprocess.Popen | None = None
+    pending: list[int] = []
 
     def forward(signum, _frame):
+        if child is None:
+            pending.append(signum)  # arrived while the child was being started
+            return
         try:
             child.send_signal(signum)
         except ProcessLookupError:
             pass
 
-    for sig in FORWARDED_SIGNALS:
-        previous[sig] = signal.signal(sig, forward)
+    # The handlers go in before the child starts, so no signal can slip between the two.
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
     try:
+        child = subprocess.Popen(argv, env=env)
+        for signum in pending:
+            child.send_signal(signum)
         while True:
             try:
                 code = child.wait()

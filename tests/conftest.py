@@ -9,4 +9,6 @@ pytest_plugins = [
     "tests.support.pg",
     "tests.support.mariadb",
     "tests.support.gateway",
+    "tests.support.openbao",
+    "tests.support.moto_sts",
 ]

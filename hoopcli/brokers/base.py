@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 
+# Broker environment values that are not secrets (and must not be masked in messages).
+PUBLIC_ENV = frozenset({"AWS_REGION", "AWS_DEFAULT_REGION"})
+
+
 @dataclass
 class Credentials:
     username: str = ""
@@ -26,7 +30,7 @@ class Credentials:
     broker: str = "none"
 
     def secrets(self) -> list[str]:
-        return [v for v in (self.password, *self.env.values()) if v]
+        return [v for k, v in [("", self.password), *self.env.items()] if v and k not in PUBLIC_ENV]
 
     def public(self, show_secrets: bool = False) -> dict:
         data = {
