@@ -134,11 +134,13 @@ def test_approve_in_background_finds_the_next_authorization(oidc_provider):
 
 
 def test_short_ttl_provider_from_factory(oidc_provider_factory, oidc_provider):
-    short = oidc_provider_factory(id_token_ttl=2, device_code_ttl=1)
-    assert short is oidc_provider_factory(id_token_ttl=2, device_code_ttl=1)
+    # 4 s: long enough for device_login to finish on a loaded 2-core machine
+    short = oidc_provider_factory(id_token_ttl=2, device_code_ttl=4)
+    assert short is oidc_provider_factory(id_token_ttl=2, device_code_ttl=4)
     assert short.issuer != oidc_provider.issuer
     stale = short.start_device_authorization()
-    assert stale["expires_in"] == 1
+    stale_deadline = time.monotonic() + 4.1
+    assert stale["expires_in"] == 4
 
     tokens = short.device_login("alice")
     assert tokens["expires_in"] == 2  # the access token follows ID_TOKEN_TTL unless told
@@ -151,6 +153,7 @@ def test_short_ttl_provider_from_factory(oidc_provider_factory, oidc_provider):
     time.sleep(2.1)
     with pytest.raises(jwt.ExpiredSignatureError):
         short.decode(tokens["id_token"])
+    time.sleep(max(0.0, stale_deadline - time.monotonic()))
     assert short.poll_token(stale["device_code"]).json()["error"] == "expired_token"
 
 
