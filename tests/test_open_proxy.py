@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import socket
 import ssl
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -77,9 +75,9 @@ def listeners():
 
 
 @pytest.fixture(scope="module")
-def proxy_gateway(oidc_provider, listeners):
+def proxy_gateway(oidc_provider, listeners, tmp_path_factory):
     registered, sentinel = listeners
-    workdir = Path(tempfile.mkdtemp(prefix="hoop-open-proxy-"))
+    workdir = tmp_path_factory.mktemp("open-proxy-gateway")
     config = f"""
 [gateway]
 listen = "127.0.0.1:0"

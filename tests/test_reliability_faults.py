@@ -13,7 +13,6 @@ import os
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import HOOP, run_subprocess, subprocess_env
-from tests.support.gateway import parse_response, start_gateway
+from tests.support.gateway import start_gateway
 
 
 def _closed_port() -> int:
@@ -57,8 +56,8 @@ credentials = {{ broker = "none", user = "app_user" }}
 
 
 @pytest.fixture(scope="module")
-def workdir():
-    return Path(tempfile.mkdtemp(prefix="hoop-faults-gateway-"))
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("faults-gateway")
 
 
 @pytest.fixture(scope="module")

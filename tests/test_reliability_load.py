@@ -17,7 +17,6 @@ import os
 import secrets
 import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,8 +32,8 @@ RSS_SLACK_MB = 30
 
 
 @pytest.fixture(scope="module")
-def load_gateway(oidc_provider, pg_server):
-    workdir = Path(tempfile.mkdtemp(prefix="hoop-load-gateway-"))
+def load_gateway(oidc_provider, pg_server, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("load-gateway")
     config = f"""
 [gateway]
 listen = "127.0.0.1:0"

@@ -17,7 +17,6 @@ import json
 import secrets
 import socket
 import ssl
-import tempfile
 import time
 from pathlib import Path
 
@@ -44,8 +43,8 @@ def attacker():
 
 
 @pytest.fixture(scope="module")
-def jwt_gateway(oidc_provider, issuer, pg_server):
-    workdir = Path(tempfile.mkdtemp(prefix="hoop-jwt-gateway-"))
+def jwt_gateway(oidc_provider, issuer, pg_server, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("jwt-gateway")
     config = f"""
 [gateway]
 listen = "127.0.0.1:0"
