@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import secrets
 import signal
 import socket
@@ -286,10 +287,12 @@ credentials = {{ {hints} }}
         try:
             ready = json.loads(proc.stdout.readline())
             assert ready["event"] == "ready", ready
+            param = run.canaries["bind parameter (record_params = false)"] = "canary-param-" + secrets.token_urlsafe(12)
             for n in range(3):
                 with psycopg.connect(host="127.0.0.1", port=ready["port"], user=run.role, password=password, dbname="app",
                                      sslmode="disable", connect_timeout=10) as conn:
                     assert conn.execute("select %s::text", (f"canary-connect-{n}",)).fetchone()[0] == f"canary-connect-{n}"
+                    assert conn.execute("select length(%s::text)", (param,)).fetchone()[0] == len(param)
         finally:
             proc.send_signal(signal.SIGINT)
             out, err = proc.communicate(timeout=15)
@@ -339,7 +342,7 @@ def test_the_canaries_were_really_used(canary_run):
     assert any("canary-connect-2" in (s or "") or "$1" in (s or "") for s in statements)
     assert canary_run.sampler.samples > 50
     assert any("psql" in argv for argv in canary_run.sampler.seen)
-    assert len(canary_run.canaries) == 5
+    assert len(canary_run.canaries) == 6
 
 
 def test_no_canary_in_any_process_argv(canary_run):
@@ -364,6 +367,18 @@ def test_no_canary_in_the_gateway_log_audit_database_or_export(canary_run):
 def test_no_canary_in_home_config_cache_or_tmpdir(canary_run):
     files = list(files_under(*canary_run.roots))
     assert hits(canary_run.canaries, files=files) == []
+
+
+VAULT_TOKEN = re.compile(rb"(?<![A-Za-z0-9_.])(?:[sb]\.[A-Za-z0-9]{24}|hv[sb]\.[A-Za-z0-9_-]{24,})(?![A-Za-z0-9])")
+
+
+def test_no_vault_token_in_any_output_or_file_hoop_wrote(canary_run):
+    """hoop's Vault token itself cannot be learned by the test (OpenBao refuses raw audit
+    devices over the API), so look for anything shaped like one (`s.` + 24, `hvs.`...)."""
+    found = [f"{where}: {m.group()[:6]}…" for where, text in canary_run.outputs.items() for m in VAULT_TOKEN.finditer(text.encode())]
+    for path in files_under(*canary_run.roots, canary_run.gateway.workdir):
+        found += [f"{path}: {m.group()[:6]}…" for m in VAULT_TOKEN.finditer(path.read_bytes())]
+    assert found == []
 
 
 def test_no_canary_in_any_temp_file_written_during_the_run(canary_run):
