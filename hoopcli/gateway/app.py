@@ -76,6 +76,10 @@ class Gateway:
 
     def engine_for(self, conn: Connection, identity: Identity):
         gate = self._gate(conn, identity)
+        if not conn.record:
+            from hoopcli.gateway.protocols.tcp import TcpEngine
+
+            return TcpEngine()
         if conn.protocol == "postgres":
             from hoopcli.gateway.protocols.postgres import PostgresEngine
 

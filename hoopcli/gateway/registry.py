@@ -24,6 +24,8 @@ class Connection:
     credentials: dict = field(default_factory=dict)
     # The statement policy table or "default" (see gateway/policy.py); None: record only.
     policy: dict | str | None = None
+    # False: bytes pass untouched (the tcp engine); the trail keeps connect/session_end only.
+    record: bool = True
 
     def allows(self, identity: Identity) -> bool:
         return identity.sub in self.subjects or bool(set(identity.groups) & set(self.groups))
@@ -72,6 +74,11 @@ def connection_from_config(name: str, entry: dict) -> Connection:
     if not subjects and not groups:
         fail("name at least one of subjects = [...] or groups = [...]: nobody may use it otherwise")
     policy = entry.get("policy")
+    record = entry.get("record", True)
+    if not isinstance(record, bool):
+        fail("record must be true or false")
+    if policy and not record:
+        fail("record = false cannot be combined with a policy: the policy judges the statements it would not see")
     return Connection(
         name=name,
         protocol=protocol,
@@ -83,4 +90,5 @@ def connection_from_config(name: str, entry: dict) -> Connection:
         database=entry.get("database", ""),
         credentials=dict(entry.get("credentials", {})),
         policy=policy,
+        record=record,
     )
