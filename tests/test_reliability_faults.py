@@ -211,6 +211,16 @@ def test_database_down_through_hoop_exec_fails_without_a_traceback(fault_gateway
     assert time.monotonic() - started < 20
 
 
+def test_database_down_through_hoop_exec_names_the_unreachable_target(fault_gateway, alice_token, pg_server, tmp_path):
+    """README: exit code 6 is "unreachable: ... the target (502)". Today `hoop exec` prints
+    nothing of the gateway's 502: the user sees only psql's "server closed the connection
+    unexpectedly" and psql's exit code 2."""
+    env = env_for(fault_gateway, alice_token, tmp_path / "home", PGPASSWORD=pg_server.app_password)
+    result = run_subprocess(["exec", "dead-db", "--", "psql", "-X", "-c", "select 1"], env)
+    assert "unreachable" in result.err and "dead-db" in result.err, result.err
+    assert result.code == 6, (result.code, result.err)
+
+
 def test_database_down_through_hoop_connect_says_so_and_keeps_running(fault_gateway, alice_token, pg_server, tmp_path):
     import psycopg
 

@@ -357,6 +357,12 @@ def test_no_canary_in_any_captured_output_or_debug_log(canary_run):
     assert hits(canary_run.canaries, texts=outputs) == []
 
 
+def test_no_aws_secret_in_the_debug_log_of_hoop_exec(canary_run):
+    """`hoop --debug exec` with the aws broker: botocore's DEBUG log of the STS response body
+    (<SecretAccessKey>, <SessionToken>) must be masked too."""
+    assert hits(canary_run.canaries, texts={"exec-aws.stderr": canary_run.outputs["exec-aws.stderr"]}) == []
+
+
 def test_no_canary_in_the_gateway_log_audit_database_or_export(canary_run):
     gw = canary_run.gateway
     files = list(files_under(gw.workdir))

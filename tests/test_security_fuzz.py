@@ -48,13 +48,15 @@ AUTHORITIES = st.one_of(
     st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=40),
     st.builds(lambda n, p: f"{n}:{p}", st.sampled_from(["app-db", "", "a:b", "[::1]", "127.0.0.1", "x" * 300]),
               st.one_of(st.integers(-5, 70000).map(str), st.text(alphabet="0123456789+- ", max_size=8))),
-    # port-like digit runs of any length: int() of > 4300 digits raises ValueError
-    st.builds(lambda n, digits: f"{n}:{digits}", st.sampled_from(["app-db", "a"]), st.text(alphabet="0123456789", min_size=1, max_size=4000)),
+    # port-like digit runs of any length (int() of more than 4300 digits raises ValueError)
+    st.builds(lambda n, digits: f"{n}:{digits}", st.sampled_from(["app-db", "a"]), st.text(alphabet="0123456789", min_size=1, max_size=40)),
+    st.builds(lambda n, d, k: f"{n}:{d * k}", st.sampled_from(["app-db", "a"]), st.sampled_from("0123456789"), st.integers(1, 6000)),
 )
 HEADER_LINES = st.lists(
     st.one_of(
         st.builds(lambda v: f"Proxy-Authorization: {v}", st.sampled_from(["Bearer x.y.z", "Bearer", "Basic abc", "bearer  t ", ""])),
-        st.builds(lambda v: f"Content-Length: {v}", st.one_of(st.integers(-1, 10**6).map(str), st.text(alphabet="0123456789 +-x", max_size=12))),
+        st.builds(lambda v: f"Content-Length: {v}", st.one_of(st.integers(-1, 10**6).map(str), st.text(alphabet="0123456789 +-x", max_size=12),
+                                                              st.builds(lambda d, k: d * k, st.sampled_from("0123456789"), st.integers(1, 6000)))),
         st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=60),
         st.just(" leading-space: x"),
         st.just(":no-name"),
@@ -126,6 +128,21 @@ def test_connect_authority_is_a_name_and_a_port_or_bad_request(target):
         return
     assert name and ":" not in target[len(name) + 1 :] and 0 < port < 65536
     assert target == f"{name}:{target.rsplit(':', 1)[1]}" and int(target.rsplit(":", 1)[1]) == port
+
+
+@pytest.mark.parametrize("digits", [4300, 4301, 5000, 12000])
+def test_a_huge_port_number_is_a_bad_request(digits):
+    # int() refuses strings of more than 4300 digits (Python >= 3.11) with ValueError
+    with pytest.raises(BadRequest):
+        parse_connect_authority("app-db:" + "9" * digits)
+
+
+@pytest.mark.parametrize("digits", [4300, 4301, 5000])
+def test_a_huge_content_length_is_a_bad_request(digits):
+    request = parse_head(f"POST /api/approvals/x/approve HTTP/1.1\r\nContent-Length: {'9' * digits}\r\n\r\n".encode())
+    with pytest.raises(BadRequest) as caught:
+        request.content_length
+    assert caught.value.status in (400, 413)
 
 
 # ---- engine harness -------------------------------------------------------------------------
@@ -478,3 +495,33 @@ def test_live_malformed_postgres_stream_ends_the_session_with_an_error_record(ga
     assert errors and "protocol error from client" in errors[0]["message"], ends
     assert gateway.alive()
     assert gateway.connect_status(f"app-db:{pg_server.port}", None)[0] == 407  # still serving
+
+
+def test_live_huge_port_or_content_length_is_400_not_500(gateway, tokens):
+    log = gateway.workdir / "gateway.log"
+    seen = log.stat().st_size
+    for raw in (f"CONNECT app-db:{'9' * 5000} HTTP/1.1\r\nProxy-Authorization: Bearer {tokens('alice')}\r\n\r\n",
+                f"POST /api/whoami HTTP/1.1\r\nContent-Length: {'9' * 5000}\r\n\r\n"):
+        answer = gateway.raw(raw.encode())
+        assert answer.startswith((b"HTTP/1.1 400 ", b"HTTP/1.1 413 ")), answer[:120]
+    with open(log, "rb") as f:
+        f.seek(seen)
+        assert b"Traceback" not in f.read()
+
+
+def test_live_protocol_error_gives_exactly_one_session_end(gateway, tokens, pg_server):
+    """A session the engine ended for a protocol error has ONE session_end, outcome "error" —
+    not that one followed by a second one saying "ok"."""
+    import secrets
+
+    user = f"fuzz_{secrets.token_hex(4)}"
+    tls = _tunnel(gateway, f"app-db:{pg_server.port}", tokens("alice"))
+    with tls:
+        tls.sendall(pg_startup(user=user))
+        tls.settimeout(5)
+        assert tls.recv(1)
+        tls.sendall(b"\xff\x00\x00\x00\x08abcd")
+        _drain(tls)
+    ends = _session_ends(gateway, _session_id_for(gateway, user))
+    assert [r["outcome"] for r in ends] == ["error"], ends
+    assert (ends[0]["details"] or {}).get("bytes_up") is not None  # with the session's figures
