@@ -131,3 +131,16 @@ def test_connect_serves_twenty_clients_at_once(gateway, alice, pg_server):
     recorded = {r["statement"] for r in gateway.records(kind="statement", sub="alice")}
     assert all(f"select {n} as connect_client" in recorded for n in range(20))
     assert proc.returncode == 130
+
+
+def test_tcp_connection_gets_session_records_with_byte_counts(gateway, alice):
+    # A tcp connection gets only HOOP_HOST/HOOP_PORT: the client is told where by hand.
+    script = 'psql -X -A -t -h "$HOOP_HOST" -p "$HOOP_PORT" -U app_user -d app -c "select \'raw-tcp\'"'
+    result = run_subprocess(["exec", "pg-raw", "--", "sh", "-c", script], alice)
+    assert result.code == 0, result.err
+    assert result.out.strip() == "raw-tcp"
+    records = gateway.records(connection="pg-raw", sub="alice")
+    assert {r["kind"] for r in records} == {"connect", "session_end"}  # bytes only, no statements
+    end = [r for r in records if r["kind"] == "session_end"][-1]
+    assert end["details"]["bytes_up"] > 0 and end["details"]["bytes_down"] > 0
+    assert end["duration_ms"] > 0

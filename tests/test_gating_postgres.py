@@ -112,3 +112,17 @@ def test_self_approval_is_refused_even_for_an_approver(gateway, as_user, pg_serv
     result = run_subprocess(["approvals", "approve", request_id], carol)
     assert result.code == 4 and "own" in result.err
     assert _table_exists(pg_server, "orders")
+
+
+def test_new_requests_reach_the_approval_webhook(gateway, as_user, pg_server, approval_hook):
+    import time
+
+    alice = as_user("alice", PGPASSWORD=pg_server.app_password)
+    held = _psql(alice, "ALTER TABLE customers ADD COLUMN webhook_probe int")
+    request_id = re.search(r"request ([0-9a-f]{8})", held.err).group(1)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(e.get("id") == request_id for e in approval_hook.received):
+        time.sleep(0.1)
+    [event] = [e for e in approval_hook.received if e.get("id") == request_id]
+    assert event["event"] == "approval_request" and event["sub"] == "alice"
+    assert event["statement"] == "ALTER TABLE customers ADD COLUMN webhook_probe int"

@@ -7,6 +7,9 @@ Connections:
   admin-db    postgres, only the group "nobody" (for 403)
   app-mysql   mysql, same people as app-db, default policy
   dead-db     postgres pointing at a closed port (for 502)
+  pg-raw      tcp to the same PostgreSQL (bytes relayed, session records only)
+
+New approval requests are POSTed to the session's `approval_hook` receiver.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -86,7 +91,7 @@ def parse_response(answer: bytes) -> tuple[int, dict]:
         return status, {}
 
 
-def gateway_config(issuer: str, pg_port: int, mysql_port: int | None, workdir: Path) -> str:
+def gateway_config(issuer: str, pg_port: int, mysql_port: int | None, workdir: Path, approval_webhook: str = "") -> str:
     people = '["dba", "developers", "agents"]'
     text = f"""
 [gateway]
@@ -99,6 +104,7 @@ jsonl = "audit.jsonl"
 [gateway.approvals]
 approver_groups = ["approvers"]
 window_seconds = 300
+webhook = "{approval_webhook}"
 
 [[issuers]]
 issuer = "{issuer}"
@@ -129,6 +135,11 @@ groups = ["nobody"]
 [connections.dead-db]
 protocol = "postgres"
 target = "127.0.0.1:{_closed_port()}"
+groups = {people}
+
+[connections.pg-raw]
+protocol = "tcp"
+target = "127.0.0.1:{pg_port}"
 groups = {people}
 """
     if mysql_port:
@@ -190,15 +201,40 @@ def _read_line(proc: subprocess.Popen, timeout: float) -> str:
     return ""
 
 
+class _HookReceiver(BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        type(self).received.extend(json.loads(body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
 @pytest.fixture(scope="session")
-def gateway(request, oidc_provider, pg_server):
+def approval_hook():
+    """An HTTP receiver for the gateway's approval webhook; `.received` lists what arrived."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _HookReceiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server.url = f"http://127.0.0.1:{server.server_port}/hook"
+    server.received = _HookReceiver.received
+    yield server
+    server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def gateway(request, oidc_provider, pg_server, approval_hook):
     try:
         mysql = request.getfixturevalue("mariadb_server")
         mysql_port = mysql.port
     except pytest.FixtureLookupError:
         mysql_port = None
     workdir = Path(tempfile.mkdtemp(prefix="hoop-gateway-"))
-    with start_gateway(gateway_config(oidc_provider.issuer, pg_server.port, mysql_port, workdir), workdir) as gw:
+    config = gateway_config(oidc_provider.issuer, pg_server.port, mysql_port, workdir, approval_webhook=approval_hook.url)
+    with start_gateway(config, workdir) as gw:
         yield gw
 
 
