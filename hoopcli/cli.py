@@ -395,7 +395,8 @@ def audit_export(
 @app.command()
 def dev(
     workdir: Optional[str] = typer.Option(None, "--workdir", help="Keep everything in this folder (default: a temp dir removed at exit)."),
-    auto_approve: Optional[str] = typer.Option(None, "--auto-approve", help="Sign every device code in as this identity: dev-admin, dev-user or dev-agent."),
+    auto_approve: bool = typer.Option(False, "--auto-approve", help="Approve every device code at once, without opening the link."),
+    identity: Optional[str] = typer.Option(None, "--as", help="With --auto-approve: sign in as dev-admin (default), dev-user or dev-agent."),
     demo: bool = typer.Option(False, "--demo", help="Run the whole loop unattended (login, statements, a held DROP, the audit trail) and exit."),
     port: int = typer.Option(0, "--port", help="Gateway port on 127.0.0.1 (default: a free one)."),
     json_out: bool = JsonOpt,
@@ -403,7 +404,9 @@ def dev(
     """DEVELOPMENT ONLY: a dev identity provider, a throw-away database and the gateway on 127.0.0.1, until Ctrl-C."""
     from hoopcli.dev.stack import run_dev
 
-    raise typer.Exit(run_dev(workdir, auto_approve or False, demo, json_out, port))
+    if identity and not auto_approve:
+        raise UsageError("--as only applies with --auto-approve", "Use `hoop dev --auto-approve --as dev-user`.")
+    raise typer.Exit(run_dev(workdir, (identity or True) if auto_approve else False, demo, json_out, port))
 
 
 # ---- the gateway --------------------------------------------------------------------------

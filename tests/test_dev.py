@@ -278,7 +278,7 @@ def test_dev_serves_until_ctrl_c_then_cleans_up(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     env = subprocess_env(home)
-    proc = subprocess.Popen(HOOP + ["dev", "--json", "--auto-approve", "dev-user"], env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(HOOP + ["dev", "--json", "--auto-approve", "--as", "dev-user"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     try:
         ready = _read_json_line(proc, 45)
