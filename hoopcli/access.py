@@ -115,6 +115,7 @@ def open_access(profile, name: str, *, listen_port: int = 0, on_event=None):
         creds = broker.issue(tokens.bearer)
         for secret in creds.secrets():
             register_secret(secret)
+        log.debug("%s broker issued credentials for %s (user %s, lease %s)", creds.broker, name, creds.username or "-", creds.lease_id or "-")
         access = Access(name=name, connection=connection, creds=creds, port=0, broker=broker)
         try:
             if local is None:
@@ -134,6 +135,7 @@ def _open_tunnel(access: Access, profile, listen_port: int, on_event) -> None:
     tunnel = Tunnel(profile.gateway, access.name, int(access.connection["port"]), token_source(profile), profile.ca_file, listen_port, on_event)
     access.tunnel_thread = TunnelThread(tunnel)
     access.port = access.tunnel_thread.start()
+    log.debug("tunnel for %s listening on 127.0.0.1:%d (gateway %s)", access.name, access.port, profile.gateway)
 
 
 @contextmanager

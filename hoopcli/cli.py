@@ -199,8 +199,11 @@ def exec_(
     from hoopcli.access import open_access
     from hoopcli.launch import default_client, run_child, statement_command, with_mysql_identity
 
+    from hoopcli.ui import ExecTunnelEvents
+
     profile = _profile()
-    with open_access(profile, name) as access:
+    tunnel_events = ExecTunnelEvents()
+    with open_access(profile, name, on_event=tunnel_events.event) as access:
         if command is not None:
             argv = statement_command(access.protocol, command, machine=json_out)
         else:
@@ -210,7 +213,7 @@ def exec_(
             code = _run_captured(argv, access.env(), name)
         else:
             code = run_child(argv, access.env())
-    raise typer.Exit(code)
+    raise typer.Exit(tunnel_events.exit_code_for(code))
 
 
 def _run_captured(argv, env, name) -> int:

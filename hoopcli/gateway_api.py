@@ -6,8 +6,13 @@ requests honours HTTPS_PROXY/NO_PROXY by itself.
 
 from __future__ import annotations
 
+import logging
+
 from hoopcli.auth.http import TIMEOUT, describe_failure, require_safe_url, session
 from hoopcli.errors import ConfigError, Denied, HoopError, NotFound, NotLoggedIn, UsageError
+
+
+log = logging.getLogger(__name__)
 
 
 class GatewayAPI:
@@ -30,6 +35,7 @@ class GatewayAPI:
             body = resp.json()
         except ValueError:
             body = {}
+        log.debug("gateway API %s %s -> %s", method, path, resp.status_code)
         if resp.status_code == 200:
             return body
         raise api_error(resp.status_code, body.get("error", resp.reason))

@@ -13,6 +13,11 @@ _PATTERNS = [
     # user:password@host, in a URL or bare (an error naming a URL's netloc)
     (re.compile(r"((?:://|(?<![^\s(\[<'\"=,]))[^\s:/@'\"]+:)(?!//)[^\s@]+@"), r"\1[REDACTED]@"),
 ]
+_PATTERNS += [
+    # XML answers (AWS STS) and JSON keys in AWS's spelling.
+    (re.compile(r"(<(SecretAccessKey|SessionToken|Password|Token)>)[^<]*(</\2>)"), r"\1[REDACTED]\3"),
+    (re.compile(r"(\"(?:SecretAccessKey|SessionToken|client_token)\"\s*:\s*\")[^\"]+"), r"\1[REDACTED]"),
+]
 _known_secrets: set[str] = set()
 
 
@@ -47,3 +52,7 @@ def setup(debug: bool) -> None:
     handler.addFilter(RedactingFilter())
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG)
+    # Third-party wire dumps (response bodies with credentials in them) stay out of hoop's
+    # debug log; redaction is the second line of defence, not the first.
+    for noisy in ("botocore", "boto3", "urllib3", "hvac", "s3transfer"):
+        logging.getLogger(noisy).setLevel(logging.INFO)

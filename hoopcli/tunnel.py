@@ -202,6 +202,7 @@ class Tunnel:
         leg.transport.write(request.encode())
         head = await asyncio.wait_for(leg.head, HANDSHAKE_TIMEOUT)
         status, reason, rest = parse_status(head)
+        log.debug("tunnel: CONNECT %s:%d -> %d%s", self.connection, self.port, status, " (via proxy)" if self.proxy else "")
         if status != 200:
             body = bytes(leg.buffer)
             leg.transport.close()

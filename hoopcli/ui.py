@@ -118,3 +118,43 @@ class TunnelStatus:
         finally:
             if self.status is not None:
                 self.status.stop()
+
+
+class ExecTunnelEvents:
+    """`hoop exec`'s view of its tunnel: say once, on stderr, why the gateway refused a client
+    connection, and remember it, so that a child that failed because of it gets hoop's own
+    exit code (502 → unreachable, 407 → not logged in, …) instead of the client's."""
+
+    EXIT_FOR_STATUS = {401: 3, 407: 3, 403: 4, 404: 7, 502: 6, 503: 6}
+
+    def __init__(self):
+        self.connected = 0
+        self.exit_code: int | None = None
+        self._said: set[str] = set()
+
+    def event(self, kind: str, detail: dict) -> None:
+        from hoopcli.errors import ExitCode, HoopError
+
+        if kind == "connected":
+            self.connected += 1
+            return
+        if kind == "refused":
+            message = f"hoop: error: the gateway refused the connection: {detail['status']} {detail['reason']}"
+            self.exit_code = self.EXIT_FOR_STATUS.get(detail["status"], int(ExitCode.ERROR))
+        elif kind == "error":
+            exc = detail["error"]
+            message = TunnelStatus._error(exc)
+            self.exit_code = int(exc.exit_code) if isinstance(exc, HoopError) else int(ExitCode.UNREACHABLE)
+        else:
+            return
+        if message not in self._said:
+            self._said.add(message)
+            from hoopcli.output import info
+
+            info(message)
+
+    def exit_code_for(self, child_code: int) -> int:
+        """The child's code, unless it failed and no connection through the tunnel ever worked."""
+        if child_code != 0 and self.connected == 0 and self.exit_code is not None:
+            return self.exit_code
+        return child_code

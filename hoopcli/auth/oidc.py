@@ -7,6 +7,7 @@ else is plain HTTP through the session policy in `auth/http.py`.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -15,6 +16,7 @@ from hoopcli.auth.http import TIMEOUT, describe_failure, require_safe_url, sessi
 from hoopcli.auth.tokens import TokenSet
 from hoopcli.errors import AuthError, ConfigError, Interrupted
 
+log = logging.getLogger(__name__)
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 DEFAULT_INTERVAL = 5
 SLOW_DOWN_STEP = 5
@@ -80,6 +82,7 @@ class Provider:
             resp = self.http.get(url, timeout=TIMEOUT)
         except requests.RequestException as exc:
             raise describe_failure(exc, url, "identity provider") from None
+        log.debug("IdP GET %s -> %s", url, resp.status_code)
         if resp.status_code != 200:
             raise AuthError(f"the IdP answered {resp.status_code} for {url}", "Check the issuer URL with `hoop config show`.")
         return resp.json()

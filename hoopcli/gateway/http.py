@@ -48,9 +48,10 @@ class Request:
     @property
     def content_length(self) -> int:
         value = self.headers.get("content-length", "0")
-        if not value.isdigit():
+        if not (value.isascii() and value.isdigit()):
             raise BadRequest(400, "bad Content-Length")
-        if int(value) > MAX_BODY_BYTES:
+        # Compare lengths first: int() of thousands of digits is slow and then refused.
+        if len(value.lstrip("0")) > len(str(MAX_BODY_BYTES)) or int(value) > MAX_BODY_BYTES:
             raise BadRequest(413, "request body too large")
         return int(value)
 
@@ -93,7 +94,7 @@ def parse_head(head: bytes) -> Request:
 def parse_connect_authority(target: str) -> tuple[str, int]:
     """`name:port` → (name, port). The name is a registered connection, never a host."""
     name, sep, port = target.rpartition(":")
-    if not sep or not name or not port.isdigit() or not (0 < int(port) < 65536):
+    if not sep or not name or not (port.isascii() and port.isdigit() and len(port) <= 5) or not (0 < int(port) < 65536):
         raise BadRequest(400, "CONNECT needs name:port")
     return name, int(port)
 
