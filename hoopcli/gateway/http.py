@@ -19,6 +19,7 @@ REASONS = {
     404: "Not Found",
     405: "Method Not Allowed",
     407: "Proxy Authentication Required",
+    408: "Request Timeout",
     409: "Conflict",
     413: "Payload Too Large",
     431: "Request Header Fields Too Large",

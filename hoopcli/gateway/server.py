@@ -42,6 +42,7 @@ from hoopcli.gateway.protocols.base import (
 
 log = logging.getLogger(__name__)
 DIAL_TIMEOUT = 10.0
+HEAD_TIMEOUT = 30.0  # a client that opens TLS and never finishes its request is dropped
 _session_counter = itertools.count(1)
 
 
@@ -61,7 +62,7 @@ def _nodelay(transport) -> None:
 class SessionRecorder:
     """Turns one session's engine events into audit records (statement, outcome, timing)."""
 
-    __slots__ = ("submit", "base", "pending", "db_user", "database", "statements")
+    __slots__ = ("submit", "base", "pending", "db_user", "database", "statements", "error")
 
     def __init__(self, submit, base: dict):
         self.submit = submit
@@ -70,6 +71,7 @@ class SessionRecorder:
         self.db_user = None
         self.database = None
         self.statements = 0
+        self.error: str | None = None  # set when the engine gave up on the stream
 
     def handle(self, events) -> None:
         for event in events:
@@ -85,7 +87,8 @@ class SessionRecorder:
             elif kind is SessionStarted:
                 self.db_user, self.database = event.db_user, event.database
             elif kind is ProtocolError:
-                self.record("session_end", outcome="error", message=f"protocol error from {event.direction}: {event.reason}")
+                # Recorded once, in the session_end written when the connection closes.
+                self.error = f"protocol error from {event.direction}: {event.reason}"
 
     def _finish(self, outcome: str, tag=None, code=None, message=None) -> None:
         if not self.pending:
@@ -176,6 +179,11 @@ class ClientSide(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else ""
         self.gw.clients.add(self)
+        self.head_timer = asyncio.get_running_loop().call_later(HEAD_TIMEOUT, self._head_timed_out)
+
+    def _head_timed_out(self) -> None:
+        if self.mode == "head":
+            self.refuse(408, "no complete request head in time")
 
     def data_received(self, data: bytes) -> None:
         if self.mode == "relay":
@@ -193,6 +201,7 @@ class ClientSide(asyncio.Protocol):
             return
         head = bytes(self.buffer[:end])
         del self.buffer[:end]
+        self.head_timer.cancel()
         self.mode = "handling"
         self.transport.pause_reading()
         asyncio.ensure_future(self._handle(head))
@@ -206,6 +215,7 @@ class ClientSide(asyncio.Protocol):
             self.target.transport.resume_reading()
 
     def connection_lost(self, exc) -> None:
+        self.head_timer.cancel()
         self.gw.clients.discard(self)
         if self.target is not None and self.target.transport is not None:
             self.target.transport.close()
@@ -348,7 +358,8 @@ class ClientSide(asyncio.Protocol):
             recorder._finish("error", code="08006", message="session ended before the statement completed")
         recorder.record(
             "session_end",
-            outcome="ok",
+            outcome="error" if recorder.error else "ok",
+            message=recorder.error,
             started_at=self.started,
             duration_ms=round((time.time() - self.started) * 1000, 3),
             details={"bytes_up": self.bytes_up, "bytes_down": self.bytes_down, "statements": recorder.statements},
