@@ -136,7 +136,14 @@ def postgres_usable() -> tuple[Path | None, str]:
             pwd.getpwnam("postgres")
         except KeyError:
             return None, "running as root, and there is no `postgres` user to run PostgreSQL as"
+        if find_runuser() is None:
+            return None, "running as root, and `runuser` (util-linux) was not found to run PostgreSQL as `postgres`"
     return bindir, ""
+
+
+def find_runuser() -> str | None:
+    """runuser lives in /usr/sbin, which a user's PATH may not include."""
+    return shutil.which("runuser") or shutil.which("runuser", path="/usr/sbin:/sbin:/usr/bin:/bin")
 
 
 def find_psql(bindir: Path | None) -> str | None:
@@ -194,13 +201,13 @@ class DemoPostgres:
 
     def _run_plain(self, argv: list[str], **kw) -> subprocess.CompletedProcess:
         if self.as_postgres:
-            argv = ["runuser", "-u", "postgres", "--", *argv]
+            argv = [find_runuser() or "runuser", "-u", "postgres", "--", *argv]
         return subprocess.run(argv, stdin=kw.pop("stdin", subprocess.DEVNULL), capture_output=True, text=True, timeout=kw.pop("timeout", 60), **kw)
 
     def run(self, *argv: str, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
         cmd = [str(self.bindir / argv[0]) if (self.bindir / argv[0]).exists() else argv[0], *argv[1:]]
         if self.as_postgres:
-            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+            cmd = [find_runuser() or "runuser", "-u", "postgres", "--", *cmd]
         # A session of its own: a Ctrl-C in hoop's terminal must not reach the postmaster
         # before hoop stops it in order.
         return subprocess.run(
