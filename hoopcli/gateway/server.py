@@ -60,9 +60,14 @@ def _nodelay(transport) -> None:
 
 
 class SessionRecorder:
-    """Turns one session's engine events into audit records (statement, outcome, timing)."""
+    """Turns one session's engine events into audit records (statement, outcome, timing).
 
-    __slots__ = ("submit", "base", "pending", "db_user", "database", "statements", "error")
+    Hot path: one StatementStarted and one outcome per statement. The outcome's record is
+    one copy of a prepared dict plus the statement's own fields; the timestamps stay floats
+    (the audit writer formats them off the event loop).
+    """
+
+    __slots__ = ("submit", "base", "pending", "db_user", "database", "statements", "error", "_stmt")
 
     def __init__(self, submit, base: dict):
         self.submit = submit
@@ -72,44 +77,50 @@ class SessionRecorder:
         self.database = None
         self.statements = 0
         self.error: str | None = None  # set when the engine gave up on the stream
+        self._stmt = self._statement_base()
+
+    def _statement_base(self) -> dict:
+        return {**self.base, "kind": "statement", "db_user": self.db_user, "database": self.database}
 
     def handle(self, events) -> None:
         for event in events:
             kind = type(event)
             if kind is StatementStarted:
-                self.pending.append((event, time.time(), time.perf_counter()))
+                self.pending.append((event, _wall(), _clock()))
             elif kind is StatementFinished:
-                self._finish("ok", tag=event.tag)
+                if self.pending:
+                    self._statement("ok", event.tag, None, None)
             elif kind is StatementFailed:
-                self._finish("error", code=event.code, message=event.message)
+                if self.pending:
+                    self._statement("error", None, event.code, event.message)
             elif kind is StatementBlocked:
                 self._blocked(event)
             elif kind is SessionStarted:
                 self.db_user, self.database = event.db_user, event.database
+                self._stmt = self._statement_base()
             elif kind is ProtocolError:
                 # Recorded once, in the session_end written when the connection closes.
                 self.error = f"protocol error from {event.direction}: {event.reason}"
 
-    def _finish(self, outcome: str, tag=None, code=None, message=None) -> None:
-        if not self.pending:
-            return  # a response to something the engine did not report as a statement
+    def _statement(self, outcome: str, tag, code, message) -> None:
+        """The record of the oldest pending statement (the caller checked there is one)."""
         event, started, t0 = self.pending.popleft()
+        duration = round((_clock() - t0) * 1000, 3)
         self.statements += 1
-        details = {"kind": event.kind}
-        if event.params is not None:
-            details["params"] = list(event.params)
-        self.record(
-            "statement",
-            ts=started,
-            started_at=started,
-            statement=event.text,
-            duration_ms=round((time.perf_counter() - t0) * 1000, 3),
-            outcome=outcome,
-            tag=tag,
-            code=code,
-            message=message,
-            details=details,
-        )
+        rec = self._stmt.copy()
+        rec["ts"] = rec["started_at"] = started
+        rec["statement"] = event.text
+        rec["duration_ms"] = duration
+        rec["outcome"] = outcome
+        rec["tag"] = tag
+        rec["code"] = code
+        rec["message"] = message
+        rec["details"] = {"kind": event.kind} if event.params is None else {"kind": event.kind, "params": list(event.params)}
+        self.submit(rec)
+
+    def _finish(self, outcome: str, tag=None, code=None, message=None) -> None:
+        if self.pending:
+            self._statement(outcome, tag, code, message)
 
     def _blocked(self, event: StatementBlocked) -> None:
         verdict: Verdict = event.verdict
@@ -129,6 +140,10 @@ class SessionRecorder:
         rec["ts"] = time.time()
         rec.update(fields)
         self.submit(rec)
+
+
+_wall = time.time
+_clock = time.perf_counter
 
 
 class TargetSide(asyncio.Protocol):
