@@ -653,7 +653,7 @@ class PostgresEngine:
                 if ln < 4 or ln > _MAX_LEN:
                     raise _Broken(f"message length {ln} out of range")
                 end = i + 1 + ln
-                if t == 0x44:  # D DataRow: never looked into
+                if t == 0x44 or t == 0x64:  # D DataRow, d CopyData: never looked into
                     if end > n:
                         self._s_skip = end - n
                         i = n
