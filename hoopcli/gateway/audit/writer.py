@@ -20,6 +20,7 @@ import time
 from collections import deque
 from typing import Iterable
 
+from .masking import mask_sql_secrets
 from .record import check, normalize
 
 log = logging.getLogger("hoopcli.audit")
@@ -144,7 +145,11 @@ class AuditWriter:
         return batch
 
     def _prepare(self, record: dict) -> dict:
-        """Normalize, never raise: a record that cannot be kept as given is kept as best we can."""
+        """Normalize, never raise: a record that cannot be kept as given is kept as best we can.
+        Passwords written inside SQL are masked here, off the event loop."""
+        statement = record.get("statement")
+        if isinstance(statement, str):
+            record = dict(record, statement=mask_sql_secrets(statement))
         try:
             return normalize(record)
         except Exception as exc:
