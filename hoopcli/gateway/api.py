@@ -17,6 +17,7 @@ import asyncio
 import json
 from urllib.parse import parse_qs, urlsplit
 
+from hoopcli.gateway.app import public_request
 from hoopcli.gateway.http import BadRequest, Request
 from hoopcli.gateway.identity import Identity, TokenRejected
 
@@ -52,7 +53,7 @@ async def handle_api(gw, request: Request, body: bytes) -> tuple[int, object]:
         requests_ = gw.approvals.list(status=query.get("status"))
         if not set(identity.groups) & set(gw.settings.approver_groups):
             requests_ = [r for r in requests_ if r.sub == identity.sub]
-        return 200, {"approvals": [r.to_dict() for r in requests_]}
+        return 200, {"approvals": [public_request(r) for r in requests_]}
     if path.startswith("/api/approvals/") and request.method == "POST":
         return _decide(gw, identity, path, body)
     raise BadRequest(404, f"no such endpoint {request.method} {path}")
@@ -105,4 +106,4 @@ def _decide(gw, identity: Identity, path: str, body: bytes):
         raise BadRequest(403, str(exc)) from None
     except ValueError as exc:
         raise BadRequest(409, str(exc)) from None
-    return 200, request.to_dict()
+    return 200, public_request(request)

@@ -118,7 +118,7 @@ class Gateway:
             }
         )
         if self.approval_hook is not None:
-            self.approval_hook.export([{"event": "approval_request", **request.to_dict()}])
+            self.approval_hook.export([{"event": "approval_request", **public_request(request)}])
 
     def _approval_decided(self, request) -> None:
         """Approve, deny and the one use of a grant: each one record, with who and why."""
@@ -143,6 +143,15 @@ class Gateway:
 
 
 verdict_allow = Verdict("allow")
+
+
+def public_request(request) -> dict:
+    """An approval request as approvers and webhooks see it: passwords in its SQL masked."""
+    from hoopcli.gateway.audit.masking import mask_sql_secrets
+
+    data = request.to_dict()
+    data["statement"] = mask_sql_secrets(data["statement"])
+    return data
 
 
 async def serve(gateway: Gateway, ssl_ctx: ssl.SSLContext | None, ready=None) -> None:
