@@ -140,13 +140,17 @@ def agent(
 
 
 @config_app.command("set")
-def config_set(key: str, value: str) -> None:
+def config_set(key: str, value: str, json_out: bool = JsonOpt) -> None:
     """Set a profile field: issuer, client_id, scopes, audience, gateway, ca_file."""
     from hoopcli.config import active_profile_name, set_value
-    from hoopcli.output import info
+    from hoopcli.output import emit_json, info
 
     path = set_value(state.profile, key, value)
-    info(f"Set {key} for profile '{active_profile_name(state.profile)}' in {path}.")
+    profile = active_profile_name(state.profile)
+    if json_out:
+        emit_json({"profile": profile, "key": key, "value": value, "config_file": str(path)})
+    else:
+        info(f"Set {key} for profile '{profile}' in {path}.")
 
 
 @config_app.command("show")
