@@ -201,8 +201,7 @@ def exec_(
     Example: hoop exec app-db -- psql -c 'select current_user'
     """
     from hoopcli.access import open_access
-    from hoopcli.launch import default_client, run_child, statement_command, with_mysql_identity
-
+    from hoopcli.launch import default_client, gateway_verdict_code, run_child, statement_command, with_mysql_identity
     from hoopcli.ui import ExecTunnelEvents
 
     profile = _profile()
@@ -213,21 +212,22 @@ def exec_(
         else:
             argv = list(ctx.args) or default_client(access.protocol)
         argv = with_mysql_identity(argv, access.creds, access.database)
-        if json_out and command is not None:
-            code = _run_captured(argv, access.env(), name)
-        else:
-            code = run_child(argv, access.env())
-    raise typer.Exit(tunnel_events.exit_code_for(code))
+        code, out, err = run_child(argv, access.env(), capture=command is not None)
+    code = tunnel_events.exit_code_for(code)
+    if command is not None:
+        code = gateway_verdict_code(code, err)
+        _show_statement_result(name, code, out, err, json_out)
+    raise typer.Exit(code)
 
 
-def _run_captured(argv, env, name) -> int:
-    import subprocess
-
+def _show_statement_result(name: str, code: int, out: str, err: str, json_out: bool) -> None:
     from hoopcli.output import emit_json
 
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True)
-    emit_json({"connection": name, "exit_code": proc.returncode, "output": proc.stdout, "error": proc.stderr})
-    return proc.returncode
+    if json_out:
+        emit_json({"connection": name, "exit_code": code, "output": out, "error": err})
+    else:
+        sys.stdout.write(out)
+        sys.stderr.write(err)
 
 
 @app.command()

@@ -13,7 +13,7 @@ import signal
 import subprocess
 
 from hoopcli.brokers.base import Credentials
-from hoopcli.errors import UsageError
+from hoopcli.errors import ExitCode, UsageError
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 MYSQL_CLIENTS = ("mariadb", "mysql")
@@ -78,9 +78,9 @@ def with_mysql_identity(argv: list[str], creds: Credentials, database: str) -> l
     return [argv[0], *extra, *rest]
 
 
-def run_child(argv: list[str], env: dict[str, str]) -> int:
+def run_child(argv: list[str], env: dict[str, str], capture: bool = False) -> tuple[int, str, str]:
     """Run the command, forwarding SIGINT/SIGTERM/SIGHUP; return its exit code (128+N for a
-    death by signal N), as a shell would."""
+    death by signal N, as a shell would) and, with capture, its stdout and stderr."""
     if not argv:
         raise UsageError("no command to run", "Use `hoop exec NAME -- CMD ARGS…`.")
     if shutil.which(argv[0], path=env.get("PATH")) is None:
@@ -99,17 +99,32 @@ def run_child(argv: list[str], env: dict[str, str]) -> int:
 
     # The handlers go in before the child starts, so no signal can slip between the two.
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
+    out = err = ""
+    pipe = subprocess.PIPE if capture else None
     try:
-        child = subprocess.Popen(argv, env=env)
+        child = subprocess.Popen(argv, env=env, stdout=pipe, stderr=pipe, text=capture or None)
         for signum in pending:
             child.send_signal(signum)
         while True:
             try:
-                code = child.wait()
+                out, err = child.communicate()
                 break
             except KeyboardInterrupt:  # a handler we did not install; keep waiting for the child
                 continue
+        code = child.returncode
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return 128 - code if code < 0 else code
+    return (128 - code if code < 0 else code), out or "", err or ""
+
+
+def gateway_verdict_code(child_code: int, stderr: str) -> int:
+    """A statement the gateway held or denied gets hoop's own exit code (5 or 4), so a script
+    or an agent can tell "waiting for an approver" from an ordinary SQL error."""
+    if child_code == 0:
+        return 0
+    if "hoop: statement held for approval" in stderr:
+        return int(ExitCode.APPROVAL_PENDING)
+    if "hoop: statement denied by policy" in stderr:
+        return int(ExitCode.DENIED)
+    return child_code

@@ -126,3 +126,16 @@ def test_new_requests_reach_the_approval_webhook(gateway, as_user, pg_server, ap
     [event] = [e for e in approval_hook.received if e.get("id") == request_id]
     assert event["event"] == "approval_request" and event["sub"] == "alice"
     assert event["statement"] == "ALTER TABLE customers ADD COLUMN webhook_probe int"
+
+
+def test_exec_c_gives_distinct_exit_codes_for_held_and_denied(gateway, as_user, pg_server):
+    alice = as_user("alice", PGPASSWORD=pg_server.app_password)
+    held = run_subprocess(["exec", "gated-db", "-c", "TRUNCATE customers"], alice)
+    assert held.code == 5 and "held for approval" in held.err  # README: 5 = approval pending
+    denied = run_subprocess(["exec", "gated-db", "-c", "COPY customers TO PROGRAM 'true'", "--json"], alice)
+    assert denied.code == 4
+    assert json.loads(denied.out)["exit_code"] == 4
+    fine = run_subprocess(["exec", "gated-db", "-c", "select 'not-gated'"], alice)
+    assert fine.code == 0 and "not-gated" in fine.out
+    failed = run_subprocess(["exec", "gated-db", "-c", "select no_such_column"], alice)
+    assert failed.code == 1  # an ordinary SQL error keeps psql's own code
