@@ -144,3 +144,12 @@ def test_tcp_connection_gets_session_records_with_byte_counts(gateway, alice):
     end = [r for r in records if r["kind"] == "session_end"][-1]
     assert end["details"]["bytes_up"] > 0 and end["details"]["bytes_down"] > 0
     assert end["duration_ms"] > 0
+
+
+def test_client_encoding_that_could_fool_the_policy_is_refused(gateway, as_user, pg_server):
+    env = as_user("alice", PGPASSWORD=pg_server.app_password, PGCLIENTENCODING="SJIS")
+    result = run_subprocess(["exec", "gated-db", "--", "psql", "-X", "-c", "select 1"], env)
+    assert result.code != 0
+    assert "client_encoding SJIS is not supported" in result.err
+    end = [r for r in gateway.records(kind="session_end", sub="alice", connection="gated-db") if "SJIS" in (r["message"] or "")]
+    assert end and end[-1]["outcome"] == "error"

@@ -1159,3 +1159,25 @@ def test_an_internal_error_is_contained():
     assert out.close and isinstance(out.events[-1], ProtocolError)
     assert "internal error" in out.events[-1].reason
     assert engine.from_server(Z()).close
+
+
+def test_a_multibyte_client_encoding_that_can_hide_quotes_ends_the_session():
+    """SJIS/BIG5/GBK… characters may end in 0x5C or 0x27: the gateway would read a statement
+    differently from the server (`SELECT E'<95 5C>' ; DROP …`), so such a session is ended."""
+    from hoopcli.gateway.protocols.base import ProtocolError
+    from hoopcli.gateway.protocols.postgres import PostgresEngine
+
+    def param(name: bytes, value: bytes) -> bytes:
+        body = name + b"\0" + value + b"\0"
+        return b"S" + (len(body) + 4).to_bytes(4, "big") + body
+
+    engine = PostgresEngine()
+    engine.from_client(b"\0\0\0\x17\0\x03\0\0user\0alice\0\0")
+    ok = engine.from_server(param(b"client_encoding", b"UTF8"))
+    assert not ok.close and ok.to_client.startswith(b"S")
+    out = engine.from_server(param(b"server_version", b"15") + param(b"client_encoding", b"SJIS"))
+    assert out.close
+    assert any(isinstance(e, ProtocolError) and "SJIS" in e.reason for e in out.events)
+    assert b"server_version" in out.to_client  # what came before is passed on
+    assert b"client_encoding\0SJIS" not in out.to_client
+    assert b"hoop: client_encoding SJIS is not supported" in out.to_client

@@ -137,9 +137,30 @@ class _Broken(Exception):
     """The stream broke the protocol; caught inside the engine, never raised to callers.
 
     `at`: offset of the offending message in the chunk; what precedes it is passed on.
+    `answer`: bytes for the client before the session closes (a refusal it can show).
     """
 
     at = 0
+    answer = b""
+
+
+# Client encodings whose multibyte characters may end in an ASCII byte (0x5C backslash, 0x27
+# quote): the gateway would read statements differently from the server, so a policy could be
+# fooled (`SELECT E'<0x95 0x5C>' ; DROP …`). Sessions that switch to one are ended.
+UNSAFE_CLIENT_ENCODINGS = frozenset({b"SJIS", b"SHIFT_JIS_2004", b"BIG5", b"GBK", b"UHC", b"GB18030", b"JOHAB"})
+
+
+def _check_parameter_status(data: bytes, start: int, end: int) -> None:
+    name, _, rest = data[start + 5 : end].partition(b"\0")
+    if name == b"client_encoding":
+        value = rest.split(b"\0", 1)[0].upper()
+        if value in UNSAFE_CLIENT_ENCODINGS:
+            refusal = _Broken(f"client_encoding {value.decode('ascii', 'replace')} refused: the gateway reads statements as UTF-8")
+            refusal.answer = error_response(
+                "22021",
+                f"hoop: client_encoding {value.decode('ascii', 'replace')} is not supported through the gateway; use UTF8",
+            )
+            raise refusal
 
 
 def error_response(code: str, message: str, detail: str | None = None) -> bytes:
@@ -660,7 +681,7 @@ class PostgresEngine:
                         break
                     i = end
                     continue
-                if t == 0x43 or t == 0x5A or t == 0x45:  # C, Z, E: bodies needed
+                if t == 0x43 or t == 0x5A or t == 0x45 or t == 0x53:  # C, Z, E, S: bodies needed
                     if end > n:
                         if ln + 1 > MAX_MESSAGE_BYTES:
                             raise _Broken(
@@ -690,6 +711,8 @@ class PostgresEngine:
                             fifo.popleft()  # the common case, inlined
                         else:
                             fwd = self._ready(data, i, end, fwd, parts, events)
+                    elif t == 0x53:  # ParameterStatus
+                        _check_parameter_status(data, i, end)
                     else:  # ErrorResponse
                         fwd = self._error(data, i, end, fwd, parts, events)
                         if self._s_copy:
@@ -739,6 +762,7 @@ class PostgresEngine:
             run_end = max(i, fwd)
             if fwd < run_end:
                 parts.append(data[fwd:run_end])
+            parts.append(exc.answer)
             return Output(to_client=b"".join(parts), events=events, close=True)
         if not parts and fwd == 0 and run_end == n:
             return Output(to_client=data, events=events)
