@@ -76,3 +76,13 @@ def test_exec_c_json_with_mariadb(gateway, alice_my):
     assert result.code == 0, result.err
     data = json.loads(result.out.splitlines()[-1])
     assert data["output"].split() == ["id", "1", "2", "3"]
+
+
+def test_character_sets_that_could_fool_the_policy_are_refused(gateway, alice_my):
+    at_login = run_subprocess(["exec", "app-mysql", "--", "mariadb", "--default-character-set=gbk", "-e", "select 1"], alice_my)
+    assert at_login.code != 0
+    switched = _mariadb(alice_my, "SET NAMES gbk")
+    assert switched.code != 0 and "character set is not supported" in switched.err
+    assert _mariadb(alice_my, "SET NAMES utf8mb4; select 'still-fine'").out.strip() == "still-fine"
+    ends = [r for r in gateway.records(kind="session_end", sub="alice", connection="app-mysql") if "collation" in (r["message"] or "")]
+    assert ends and ends[-1]["outcome"] == "error"

@@ -54,6 +54,7 @@ What the engine does to the traffic
 from __future__ import annotations
 
 import logging
+import re
 import struct
 from collections import deque
 from dataclasses import dataclass, field
@@ -202,6 +203,21 @@ _FIRST, _COLDEFS, _COLEOF, _ROWS, _DEFS = range(5)
 
 _FORWARD = object()  # a held packet goes on unchanged
 _DROP = object()  # a held packet is swallowed
+
+
+# Character sets whose multibyte characters may end in an ASCII byte (0x5C backslash, 0x60
+# backtick, 0x27 quote): the gateway would read statements differently from the server, so a
+# policy could be fooled. Refused at login (the handshake's collation id) and when a statement
+# switches to one (SET NAMES, SET CHARACTER SET, character_set_client/connection).
+UNSAFE_COLLATION_IDS = frozenset({1, 84, 13, 88, 28, 87, 95, 96, 248, 249, 250})  # big5, sjis, gbk, cp932, gb18030
+_UNSAFE_CHARSET_SWITCH = re.compile(
+    r"(?is)\b(?:names|charset|character\s+set|character_set_client|character_set_connection)\b.{0,200}?\b(?:big5|sjis|cp932|gbk|gb18030)\b"
+)
+CHARSET_REFUSED = Verdict(
+    "deny",
+    "hoop: this character set is not supported through the gateway (its multibyte characters can hide quotes); use utf8mb4",
+    rule="charset",
+)
 
 
 class _Malformed(Exception):
@@ -939,6 +955,8 @@ class MySQLEngine:
             raise _Malformed("client insists on TLS to the database; the gateway carries the session in TLS itself")
         if caps & STRIPPED_CAPABILITIES:
             raise _Malformed("client asked for a capability the gateway did not offer (compression?)")
+        if payload[8] in UNSAFE_COLLATION_IDS:
+            raise _Malformed(f"client character set (collation {payload[8]}) refused: its multibyte characters can hide quotes from the gateway; use utf8mb4")
         user, pos = _cstring(payload, 32)
         if caps & CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA:
             n, pos = _lenenc(payload, pos)
@@ -980,6 +998,9 @@ class MySQLEngine:
     # ---- gating ---------------------------------------------------------------------------------
 
     def _allowed(self, text: str) -> bool:
+        if _UNSAFE_CHARSET_SWITCH.search(text):
+            self._refuse(text, CHARSET_REFUSED, ERRNO_BLOCKED, SQLSTATE_DENY)
+            return False
         if self._gate is None:
             return True
         try:
