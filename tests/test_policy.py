@@ -443,3 +443,11 @@ def test_gate_fails_closed_when_the_policy_breaks(monkeypatch):
     monkeypatch.setattr(Policy, "decide", broken)
     verdict = gate("SELECT 1")
     assert verdict.action == "deny" and "could not judge" in verdict.message
+
+
+def test_undecodable_bytes_make_a_statement_unparseable():
+    from hoopcli.gateway.policy import Policy
+
+    policy = Policy.from_config("default")
+    decision = policy.decide("SELECT '\ufffd' ; select 1", ("alice", ()), "postgres")
+    assert decision.action == "require_approval" and "unparseable" in decision.categories

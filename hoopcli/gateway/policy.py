@@ -878,6 +878,10 @@ class Policy:
         """The action for a statement string run by `identity` = (sub, groups)."""
         sub, groups = identity
         parts = _classify(sql, dialect)
+        if "\ufffd" in sql:
+            # The wire engine could not decode some bytes: what the server will make of them
+            # is unknown, so the statement also counts as unparseable.
+            parts = (*parts, _part(sql, ("unparseable",), "bytes that are not valid UTF-8"))
         if not parts:
             return Decision("allow", (), None, "empty statement")
         best: tuple[int, PolicyAction, int | None, str] | None = None
