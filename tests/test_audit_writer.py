@@ -273,3 +273,31 @@ def test_webhook_retries_connection_errors_without_blocking_the_caller(receiver_
     assert time.monotonic() - started < 0.05
     hook.close(timeout=5)
     assert hook.dropped == 1 and hook.last_error.startswith("ConnectionError after 3 attempt(s)")
+
+
+def test_a_hung_store_makes_the_writer_unhealthy(monkeypatch):
+    """A store that blocks (network black hole) fails no call; the writer must still say so."""
+    import threading
+
+    from hoopcli.gateway.audit import writer as writer_module
+    from hoopcli.gateway.audit.writer import AuditWriter
+
+    release = threading.Event()
+
+    class HungStore:
+        def append(self, records):
+            release.wait(30)
+            return records
+
+    monkeypatch.setattr(writer_module, "STALL_SECONDS", 0.3)
+    w = AuditWriter(HungStore(), interval=0.01)
+    assert w.healthy
+    w.submit({"kind": "statement", "statement": "select 1"})
+    deadline = time.monotonic() + 5
+    while w.healthy and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not w.healthy
+    release.set()
+    assert w.flush(5)
+    assert w.healthy
+    w.close()

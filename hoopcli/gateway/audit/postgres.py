@@ -109,8 +109,18 @@ class PostgresStore(AuditStore):
             self._ensure_schema(self._connection())
 
     def _connect(self):
+        # A store that stops answering must fail the call (and so make the writer unhealthy),
+        # not hang it: statements time out, and dead peers are found by TCP keepalives.
         return self._psycopg.connect(
-            self._dsn, autocommit=True, connect_timeout=self._connect_timeout, application_name="hoop-audit"
+            self._dsn,
+            autocommit=True,
+            connect_timeout=self._connect_timeout,
+            application_name="hoop-audit",
+            options="-c statement_timeout=30000",
+            keepalives=1,
+            keepalives_idle=10,
+            keepalives_interval=5,
+            keepalives_count=3,
         )
 
     def _connection(self):

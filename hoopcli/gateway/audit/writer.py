@@ -26,6 +26,10 @@ from .record import check, normalize
 log = logging.getLogger("hoopcli.audit")
 
 
+STALL_SECONDS = 10.0  # records waiting this long with no append finishing: the store is stuck
+MAX_BACKLOG = 200_000  # records queued but not stored before the writer reports unhealthy
+
+
 class AuditWriter:
     def __init__(
         self,
@@ -53,6 +57,7 @@ class AuditWriter:
         self._urgent_upto = 0
         self._closed = False
         self._healthy = True
+        self._progress_at = time.monotonic()
         self.last_error: str | None = None
         self.failures = 0  # failed append attempts in a row
         self.export_errors = 0
@@ -71,6 +76,8 @@ class AuditWriter:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the audit writer is closed")
+            if self._submitted == self._stored:
+                self._progress_at = time.monotonic()  # the clock for a stall starts now
             self._submitted += 1
             ticket = self._submitted
             self._queue.append(record)
@@ -82,7 +89,15 @@ class AuditWriter:
 
     @property
     def healthy(self) -> bool:
-        return self._healthy and self._thread.is_alive()
+        """False when appends fail, when the store has made no progress for STALL_SECONDS
+        while records wait (a hung store fails no call), or when the backlog is too long: the
+        gateway then refuses sessions and statements instead of queueing without end."""
+        if not (self._healthy and self._thread.is_alive()):
+            return False
+        backlog = self._submitted - self._stored
+        if backlog >= MAX_BACKLOG:
+            return False
+        return backlog == 0 or time.monotonic() - self._progress_at < STALL_SECONDS
 
     @property
     def submitted(self) -> int:
@@ -192,6 +207,7 @@ class AuditWriter:
             batch = []
             self.failures = 0
             self._healthy = True
+            self._progress_at = time.monotonic()
             with self._cond:
                 self._stored += len(stored)
                 self._cond.notify_all()
