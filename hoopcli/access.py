@@ -20,6 +20,7 @@ from hoopcli.errors import Interrupted
 from hoopcli.logs import register_secret
 
 log = logging.getLogger(__name__)
+TOKEN_REUSE_SECONDS = 2.0
 
 
 @dataclass
@@ -88,9 +89,23 @@ class Access:
 
 
 def token_source(profile):
+    """The bearer for each new tunnel connection. One token set is kept for the tunnel and
+    reloaded (refreshing it if due) by one caller at a time: twenty clients connecting at once
+    must not spend the same rotating refresh token twenty times, which revokes the grant."""
     from hoopcli.auth.session import load_session
 
-    return lambda: load_session(profile).bearer
+    lock = threading.Lock()
+    current, loaded_at = None, 0.0
+
+    def bearer() -> str:
+        nonlocal current, loaded_at
+        with lock:
+            # Reused for a moment only: a logout or a new login elsewhere is seen at once.
+            if current is None or current.needs_refresh() or time.monotonic() - loaded_at > TOKEN_REUSE_SECONDS:
+                current, loaded_at = load_session(profile), time.monotonic()
+            return current.bearer
+
+    return bearer
 
 
 @contextmanager

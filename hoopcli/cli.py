@@ -499,5 +499,12 @@ def main(argv: List[str] | None = None) -> None:
         code = exc.exit_code
     except _click_exception() as exc:
         code = _render_usage_error(exc)
+    except Exception as exc:  # a bug or an unforeseen failure: one redacted line, never a traceback
+        import logging
+
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            logging.getLogger("hoopcli").exception("unexpected error")
+        _render_error(HoopError(f"unexpected {type(exc).__name__}: {exc}", "Run again with --debug for details, and report it if it persists."))
+        code = int(ExitCode.ERROR)
     sys.stdout.flush()
     sys.exit(code)

@@ -56,7 +56,13 @@ class GatewayAPI:
 
     def audit(self, **filters) -> list[dict]:
         params = {k: v for k, v in filters.items() if v is not None}
-        return self._call("GET", "/api/audit", params=params)["records"]
+        answer = self._call("GET", "/api/audit", params=params)
+        if answer.get("truncated"):
+            log.warning("the gateway returned its maximum of %d records; narrow with --since or read the store on the gateway host", len(answer["records"]))
+            from hoopcli.output import info
+
+            info(f"hoop: only the newest {len(answer['records'])} records; narrow with --since/--identity, or use --store on the gateway host")
+        return answer["records"]
 
     def verify(self) -> dict:
         return self._call("GET", "/api/audit/verify")

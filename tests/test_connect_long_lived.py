@@ -20,6 +20,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from hoopcli.access import TOKEN_REUSE_SECONDS
 from tests.support.cli import HOOP, run_subprocess, subprocess_env
 from tests.support.oidc import approve_in_background
 
@@ -75,6 +76,7 @@ def test_connect_survives_logout_and_login(tmp_path, gateway, oidc_provider, pg_
         assert _query(port, pg_server.app_password, "before-logout") == "before-logout"
 
         assert run_subprocess(["logout"], env).code == 0
+        time.sleep(TOKEN_REUSE_SECONDS + 0.2)  # the tunnel reuses a loaded token that long
         with pytest.raises(psycopg.OperationalError):
             _query(port, pg_server.app_password, "while-logged-out")
         said = _stderr_until(tunnel, "hoop login")

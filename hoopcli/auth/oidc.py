@@ -85,7 +85,10 @@ class Provider:
         log.debug("IdP GET %s -> %s", url, resp.status_code)
         if resp.status_code != 200:
             raise AuthError(f"the IdP answered {resp.status_code} for {url}", "Check the issuer URL with `hoop config show`.")
-        return resp.json()
+        data = _json_or_empty(resp)
+        if not data:
+            raise AuthError(f"the IdP answered {url} with something that is not a JSON object", "Check the issuer URL with `hoop config show`.")
+        return data
 
     def _post_form(self, url: str, form: dict):
         import requests
@@ -107,7 +110,8 @@ class Provider:
         return DeviceCode(
             device_code=body["device_code"],
             user_code=body["user_code"],
-            verification_uri=body["verification_uri"],
+            # RFC 8628 says verification_uri; some IdPs (Google) say verification_url.
+            verification_uri=body.get("verification_uri") or body.get("verification_url", ""),
             verification_uri_complete=body.get("verification_uri_complete", ""),
             expires_in=int(body.get("expires_in", 600)),
             interval=int(body.get("interval", DEFAULT_INTERVAL)),

@@ -48,9 +48,13 @@ async def handle_api(gw, request: Request, body: bytes) -> tuple[int, object]:
             report = await loop.run_in_executor(None, gw.store.verify)
             return 200, {"ok": report.ok, "checked": report.checked, "problems": list(report.problems)}
         if path == "/api/audit":
-            return 200, {"records": await loop.run_in_executor(None, lambda: _query(gw, query))}
+            records = await loop.run_in_executor(None, lambda: _query(gw, query))
+            return 200, {"records": records, "truncated": len(records) >= _limit(query)}
     if path == "/api/approvals" and request.method == "GET":
-        requests_ = gw.approvals.list(status=query.get("status"))
+        try:
+            requests_ = gw.approvals.list(status=query.get("status") or None)
+        except ValueError as exc:
+            raise BadRequest(400, str(exc)) from None
         if not set(identity.groups) & set(gw.settings.approver_groups):
             requests_ = [r for r in requests_ if r.sub == identity.sub]
         return 200, {"approvals": [public_request(r) for r in requests_]}
@@ -74,15 +78,24 @@ def _require_group(identity: Identity, groups, what: str) -> None:
         raise BadRequest(403, f"{identity.label} may not {what} (needs one of the groups: {', '.join(groups)})")
 
 
+MAX_AUDIT_RECORDS = 10_000  # per API call; the whole trail is read on the gateway host (--store)
+
+
+def _limit(query: dict) -> int:
+    value = query.get("limit") or str(MAX_AUDIT_RECORDS)
+    if not value.isdigit() or int(value) < 1:
+        raise BadRequest(400, "limit must be a positive whole number")
+    return min(int(value), MAX_AUDIT_RECORDS)
+
+
 def _query(gw, query: dict) -> list[dict]:
-    limit = query.get("limit")
     try:
         return gw.store.query(
             sub=query.get("sub") or None,
             connection=query.get("connection") or None,
             since=query.get("since") or None,
             kind=query.get("kind") or None,
-            limit=int(limit) if limit else None,
+            limit=_limit(query),
         )
     except ValueError as exc:
         raise BadRequest(400, str(exc)) from None

@@ -175,8 +175,9 @@ async def serve(gateway: Gateway, ssl_ctx: ssl.SSLContext | None, ready=None) ->
     finally:
         server.close()
         for client in list(gateway.clients):
+            client._end_session()  # recorded now: a TLS peer may take seconds to acknowledge the close
             client.close()
-        await asyncio.sleep(0.05)  # let the closing sessions record their ends
+        await asyncio.sleep(0.05)
         await loop.run_in_executor(None, gateway.close)
 
 

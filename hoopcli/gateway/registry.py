@@ -61,7 +61,11 @@ def connection_from_config(name: str, entry: dict) -> Connection:
     def fail(msg: str):
         raise ValueError(f"connections.{name}: {msg}")
 
-    protocol = entry.get("protocol", "tcp")
+    if not isinstance(entry, dict):
+        fail("must be a table")
+    protocol = entry.get("protocol")
+    if protocol is None:
+        fail(f"protocol is required: one of {', '.join(PROTOCOLS)}")
     if protocol not in PROTOCOLS:
         fail(f"protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
     target = entry.get("target")
@@ -71,9 +75,14 @@ def connection_from_config(name: str, entry: dict) -> Connection:
     if not host or not port.isdigit():
         fail(f"target must be host:port, not {target!r}")
     subjects, groups = entry.get("subjects", []), entry.get("groups", [])
+    for key, value in (("subjects", subjects), ("groups", groups)):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            fail(f"{key} must be a list of strings, e.g. [\"dba\"]")
     if not subjects and not groups:
         fail("name at least one of subjects = [...] or groups = [...]: nobody may use it otherwise")
     policy = entry.get("policy")
+    if policy and protocol == "tcp":
+        fail("a policy needs a database protocol (postgres or mysql): tcp connections carry bytes the gateway does not read")
     record = entry.get("record", True)
     if not isinstance(record, bool):
         fail("record must be true or false")

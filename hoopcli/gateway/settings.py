@@ -52,6 +52,9 @@ def load_settings(path: str | Path) -> GatewaySettings:
 def settings_from_dict(raw: dict, base_dir: Path | None = None) -> GatewaySettings:
     gw = raw.get("gateway", {})
     base_dir = base_dir or Path.cwd()
+    for name, table in (("gateway", gw), ("gateway.approvals", gw.get("approvals", {})), ("gateway.export", gw.get("export", {}))):
+        if not isinstance(table, dict):
+            raise ValueError(f"{name} must be a table ([{name}])")
     listen = str(gw.get("listen", "127.0.0.1:8443"))
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
@@ -64,13 +67,13 @@ def settings_from_dict(raw: dict, base_dir: Path | None = None) -> GatewaySettin
         tls_cert=_path(gw.get("tls_cert", ""), base_dir),
         tls_key=_path(gw.get("tls_key", ""), base_dir),
         audit_store=_store_url(gw.get("audit_store", "hoop-audit.db"), base_dir),
-        record_params=bool(gw.get("record_params", False)),
-        approver_groups=tuple(approval.get("approver_groups", ["approvers"])),
-        auditor_groups=tuple(gw.get("auditor_groups", ["auditors"])),
+        record_params=_bool(gw.get("record_params", False), "gateway.record_params"),
+        approver_groups=_strings(approval.get("approver_groups", ["approvers"]), "gateway.approvals.approver_groups"),
+        auditor_groups=_strings(gw.get("auditor_groups", ["auditors"]), "gateway.auditor_groups"),
         approval_window_seconds=int(approval.get("window_seconds", 900)),
-        approval_webhook=str(approval.get("webhook", "")),
+        approval_webhook=_safe_url(approval["webhook"], "gateway.approvals.webhook") if approval.get("webhook") else "",
         export_jsonl=str(export.get("jsonl", "")),
-        export_webhook=str(export.get("webhook", "")),
+        export_webhook=_safe_url(export["webhook"], "gateway.export.webhook") if export.get("webhook") else "",
         issuers=[_issuer(i, n) for n, i in enumerate(raw.get("issuers", []))],
         registry=Registry.from_config(raw.get("connections", {})),
         base_dir=base_dir,
@@ -83,9 +86,13 @@ def settings_from_dict(raw: dict, base_dir: Path | None = None) -> GatewaySettin
 def _issuer(entry: dict, n: int) -> TrustedIssuer:
     if not entry.get("issuer"):
         raise ValueError(f"issuers[{n}].issuer is required")
+    _safe_url(entry["issuer"], f"issuers[{n}].issuer")
+    if entry.get("jwks_uri"):
+        _safe_url(entry["jwks_uri"], f"issuers[{n}].jwks_uri")
     audiences = entry.get("audiences") or ([entry["audience"]] if entry.get("audience") else [])
     if not audiences:
         raise ValueError(f"issuers[{n}].audiences is required (e.g. [\"hoop-cli\"])")
+    _strings(audiences, f"issuers[{n}].audiences")
     return TrustedIssuer(
         issuer=entry["issuer"].rstrip("/"),
         audiences=tuple(audiences),
@@ -93,6 +100,28 @@ def _issuer(entry: dict, n: int) -> TrustedIssuer:
         ca_file=entry.get("ca_file", ""),
         jwks_uri=entry.get("jwks_uri", ""),
     )
+
+
+def _safe_url(url, where: str) -> str:
+    """https, or http to a loopback address only: keys and statements never travel in clear."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(str(url))
+    if parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1")):
+        return str(url)
+    raise ValueError(f"{where} must be an https:// URL (http only to 127.0.0.1), not {url!r}")
+
+
+def _strings(value, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{where} must be a list of strings, e.g. [\"a\", \"b\"]")
+    return tuple(value)
+
+
+def _bool(value, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{where} must be true or false")
+    return value
 
 
 def _path(value: str, base: Path) -> str:
