@@ -256,7 +256,6 @@ def creds(
     """Show what the connection's broker issues (expiry, user, lease), then revoke it."""
     from hoopcli.auth.session import load_session
     from hoopcli.brokers.base import broker_for
-    from hoopcli.gateway_api import api_for
     from hoopcli.output import emit_json, key_values
 
     profile = _profile()

@@ -86,7 +86,6 @@ class _HeadThenRelay(asyncio.Protocol):
         self.buffer = bytearray()
         self.head: asyncio.Future = asyncio.get_running_loop().create_future()
         self.peer = None  # the local client's transport, once relaying
-        self.lost = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -124,8 +123,6 @@ class _HeadThenRelay(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         if not self.head.done():
             self.head.set_exception(GatewayRefused(502, "the gateway closed the connection"))
-        if not self.lost.done():
-            self.lost.set_result(exc)
         if self.peer is not None:
             self.peer.close()
 
@@ -164,8 +161,6 @@ class Tunnel:
         self.listen_port = listen_port
         self.on_event = on_event or (lambda kind, detail: None)
         self.active = 0
-        self.total = 0
-        self.failures = 0
         self.proxy = proxy_for(self.gateway)
         self._server = None
         self._clients: set = set()
@@ -253,7 +248,6 @@ class _LocalSide(asyncio.Protocol):
         _nodelay(transport)
         self.tunnel._clients.add(self)
         self.tunnel.active += 1
-        self.tunnel.total += 1
         asyncio.ensure_future(self._connect())
 
     async def _connect(self) -> None:
@@ -261,12 +255,10 @@ class _LocalSide(asyncio.Protocol):
         try:
             leg = await t.open_leg()
         except GatewayRefused as exc:
-            t.failures += 1
             t.on_event("refused", {"status": exc.status, "reason": exc.reason})
             self.close()
             return
         except Exception as exc:  # network trouble or a token that cannot be refreshed
-            t.failures += 1
             t.on_event("error", {"error": exc})
             self.close()
             return

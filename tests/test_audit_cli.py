@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
-import subprocess
 import tempfile
 from pathlib import Path
 

@@ -26,7 +26,7 @@ import pytest
 from hoopcli.brokers.aws import session_name
 from hoopcli.brokers.base import broker_for
 from hoopcli.errors import BrokerError, ConfigError, ExitCode
-from tests.support.moto_sts import moto_sts, sts_error_server  # noqa: F401
+
 
 ROLE = "arn:aws:iam::123456789012:role/hoop-dev"
 AWS_CLI = str(Path(sys.executable).parent / "aws")

@@ -19,7 +19,7 @@ import pytest
 
 from hoopcli.brokers.base import broker_for
 from hoopcli.errors import BrokerError, ConfigError, ExitCode
-from tests.support.openbao import NAMESPACE, NAMESPACE_DB_ROLE, openbao, start_openbao  # noqa: F401
+from tests.support.openbao import NAMESPACE, NAMESPACE_DB_ROLE, start_openbao  # noqa: F401
 
 ROLE_PREFIX = "v-jwt-"
 

@@ -5,7 +5,6 @@ OpenID provider. Each statement must land in the audit trail under that person."
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import threading

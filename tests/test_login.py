@@ -15,7 +15,6 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
-import pytest
 
 from tests.support.cli import HOOP, run_subprocess, subprocess_env
 from tests.support.oidc import approve_in_background

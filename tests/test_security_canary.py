@@ -37,8 +37,6 @@ import pytest
 
 from tests.support.cli import HOOP, REPO, subprocess_env
 from tests.support.gateway import GatewayProcess
-from tests.support.moto_sts import moto_sts  # noqa: F401 (fixture)
-from tests.support.openbao import openbao  # noqa: F401 (fixture)
 
 ROLE_ARN = "arn:aws:iam::123456789012:role/hoop-canary"
 SCAN_LIMIT = 64 * 1024 * 1024

@@ -18,10 +18,6 @@ GITHUB_TOKEN = "ACTIONS_ID_TOKEN_REQUEST_TOKEN"
 GENERIC = "HOOP_ID_TOKEN"
 
 
-def ci_available() -> bool:
-    return bool(os.environ.get(GENERIC) or (os.environ.get(GITHUB_URL) and os.environ.get(GITHUB_TOKEN)))
-
-
 def fetch_ci_token(audience: str, ca_file: str = "") -> str:
     if os.environ.get(GENERIC):
         return os.environ[GENERIC]

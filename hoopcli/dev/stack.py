@@ -633,7 +633,7 @@ def _announce(stack: DevStack, info) -> None:
         f"  issuer      {d['issuer']}   (sign-in page {d['device_page']}; {who})",
         f"  gateway     {d['gateway']}   (development CA {d['ca_file']})",
         f"  connection  {d['connection']} → {target}",
-        f"  policy      default: DROP, TRUNCATE, ALTER, GRANT, unqualified DELETE/UPDATE are held for approval",
+        "  policy      default: DROP, TRUNCATE, ALTER, GRANT, unqualified DELETE/UPDATE are held for approval",
         f"  audit       {d['audit_store']}",
         f"  profile     '{PROFILE}' in {d['config_file']}",
         "",

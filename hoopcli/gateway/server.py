@@ -13,7 +13,6 @@ backpressure by pausing the reading side when the writing side's buffer fills up
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
 import socket
@@ -43,7 +42,6 @@ from hoopcli.gateway.protocols.base import (
 log = logging.getLogger(__name__)
 DIAL_TIMEOUT = 10.0
 HEAD_TIMEOUT = 30.0  # a client that opens TLS and never finishes its request is dropped
-_session_counter = itertools.count(1)
 
 
 def new_session_id() -> str:
