@@ -451,3 +451,11 @@ def test_undecodable_bytes_make_a_statement_unparseable():
     policy = Policy.from_config("default")
     decision = policy.decide("SELECT '\ufffd' ; select 1", ("alice", ()), "postgres")
     assert decision.action == "require_approval" and "unparseable" in decision.categories
+
+
+def test_statements_too_large_to_judge_on_the_relay_are_unparseable():
+    from hoopcli.gateway.policy import MAX_JUDGED_CHARS, Policy
+
+    huge = "insert into t values " + ",".join(["(1)"] * (MAX_JUDGED_CHARS // 3))
+    decision = Policy.from_config("default").decide(huge, ("alice", ()), "postgres")
+    assert decision.action == "require_approval" and decision.categories == ("unparseable",)

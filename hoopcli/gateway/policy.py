@@ -758,6 +758,8 @@ class Rule:
 # Used for a connection configured with `policy = "default"`. Besides the DDL and privilege
 # statements, `do` and `dynamic_sql` are held too: a DO block or a PREPARE from a variable can
 # run any of the others out of sight.
+MAX_JUDGED_CHARS = 256 * 1024  # ~0.1 s of pglast; larger statements are not parsed on the relay
+
 DEFAULT_RULES: tuple[Rule, ...] = (
     Rule(
         frozenset({"drop", "truncate", "alter", "grant", "revoke", "delete_without_where",
@@ -877,7 +879,12 @@ class Policy:
     def decide(self, sql: str, identity: tuple[str, Iterable[str]], dialect: Dialect) -> Decision:
         """The action for a statement string run by `identity` = (sub, groups)."""
         sub, groups = identity
-        parts = _classify(sql, dialect)
+        if len(sql) > MAX_JUDGED_CHARS:
+            # Parsing runs on the relay's event loop: a statement this large would stall every
+            # session for a noticeable time, so it is not parsed but treated as unparseable.
+            parts = (_part(sql[:200], ("unparseable",), f"longer than {MAX_JUDGED_CHARS} characters"),)
+        else:
+            parts = _classify(sql, dialect)
         if "\ufffd" in sql:
             # The wire engine could not decode some bytes: what the server will make of them
             # is unknown, so the statement also counts as unparseable.
