@@ -20,6 +20,10 @@ from .record import FIELDS
 
 GENESIS = "0" * 64
 _HASHED = tuple(name for name in FIELDS if name != "hash")
+_HASHED_SORTED = tuple(sorted(_HASHED))
+# The canonical encoder, made once (json.dumps with options builds a new one per call).
+# Keys are put in sorted order by canonical() itself; nested dicts (details) need sort_keys.
+_ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,8 +36,8 @@ class VerifyReport:
 
 
 def canonical(record: dict) -> bytes:
-    body = {name: record.get(name) for name in _HASHED}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    get = record.get
+    return _ENCODE({name: get(name) for name in _HASHED_SORTED}).encode("utf-8")
 
 
 def record_hash(record: dict) -> str:

@@ -67,11 +67,34 @@ def _is_number(text: str) -> bool:
         return False
 
 
+# The last whole second formatted and its text, replaced as one tuple so that threads
+# formatting at once never pair one second with another's text.
+_ts_cache: tuple[float | None, str] = (None, "")
+
+
+def _format_unix(value: float) -> str:
+    """format_ts for Unix seconds without a datetime: the same rounding (half-even to the
+    microsecond, as datetime.fromtimestamp), the whole second's text cached."""
+    global _ts_cache
+    frac, whole = math.modf(value)
+    us = round(frac * 1e6)
+    if us >= 1000000:
+        whole += 1
+        us -= 1000000
+    second, text = _ts_cache
+    if second != whole:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _ts_cache = (whole, text)
+    return f"{text}.{us:06d}Z"
+
+
 def format_ts(value: Any) -> str:
     """RFC 3339, UTC, microseconds, `Z`: `2024-05-01T12:00:00.000000Z` (sorts as text).
 
     Accepts a datetime (naive = UTC), an RFC 3339 / ISO 8601 string, or Unix seconds
     (a number or a numeric string)."""
+    if type(value) is float and 0 <= value < 253402300800.0 and math.isfinite(value):
+        return _format_unix(value)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         dt = datetime.fromtimestamp(value, tz=timezone.utc)
     elif isinstance(value, datetime):
@@ -119,6 +142,8 @@ def new_record(kind: str, **fields: Any) -> dict:
 
 def clean_text(value: Any) -> str:
     """Text every store and JSON can hold: no NUL (PostgreSQL text refuses it) and valid UTF-8."""
+    if type(value) is str and value.isascii() and "\x00" not in value:
+        return value  # the common case: nothing to clean
     text = value if isinstance(value, str) else str(value)
     if "\x00" in text:
         text = text.replace("\x00", "\\x00")

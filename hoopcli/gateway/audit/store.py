@@ -22,6 +22,12 @@ class AuditStore:
             return []
         return self._append_normalized([normalize(r) for r in records])
 
+    def append_normalized(self, records: list[dict]) -> list[dict]:
+        """append() for records that already went through normalize() (the writer's batches)."""
+        if not records:
+            return []
+        return self._append_normalized(records)
+
     def _append_normalized(self, records: list[dict]) -> list[dict]:
         raise NotImplementedError
 

@@ -194,7 +194,7 @@ class AuditWriter:
                         return
                     continue
             try:
-                stored = self.store.append(batch)
+                stored = getattr(self.store, "append_normalized", self.store.append)(batch)
             except Exception as exc:
                 self.failures += 1
                 self._healthy = False
