@@ -1,3 +1,3 @@
-from hoopcli.cli import main
+from hoopcli.entry import main
 
 main()
