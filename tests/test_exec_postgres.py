@@ -152,3 +152,11 @@ def test_client_encoding_that_could_fool_the_policy_is_refused(gateway, as_user,
     assert "client_encoding SJIS is not supported" in result.err
     end = [r for r in gateway.records(kind="session_end", sub="alice", connection="gated-db") if "SJIS" in (r["message"] or "")]
     assert end and end[-1]["outcome"] == "error"
+
+
+def test_record_false_keeps_only_session_records(gateway, alice):
+    result = run_subprocess(["exec", "pg-norec", "--", "psql", "-X", "-A", "-t", "-c", "select 'not-recorded'"], alice)
+    assert result.code == 0 and result.out.strip() == "not-recorded"
+    records = gateway.records(connection="pg-norec", sub="alice")
+    assert {r["kind"] for r in records} == {"connect", "session_end"}
+    assert all("not-recorded" not in (r["statement"] or "") for r in gateway.records(sub="alice"))

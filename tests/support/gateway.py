@@ -8,6 +8,7 @@ Connections:
   app-mysql   mysql, same people as app-db, default policy
   dead-db     postgres pointing at a closed port (for 502)
   pg-raw      tcp to the same PostgreSQL (bytes relayed, session records only)
+  pg-norec    postgres with record = false (the statements are not read or recorded)
 
 New approval requests are POSTed to the session's `approval_hook` receiver.
 """
@@ -141,6 +142,14 @@ groups = {people}
 protocol = "tcp"
 target = "127.0.0.1:{pg_port}"
 groups = {people}
+
+[connections.pg-norec]
+protocol = "postgres"
+target = "127.0.0.1:{pg_port}"
+groups = {people}
+database = "app"
+credentials = {{ broker = "none", user = "app_user" }}
+record = false
 """
     if mysql_port:
         text += f"""
