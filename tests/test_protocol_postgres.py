@@ -27,6 +27,7 @@ from hoopcli.gateway.protocols.base import (
 )
 from hoopcli.gateway.protocols.postgres import (
     DENY_SQLSTATE,
+    GRANT_USED_MESSAGE,
     HOLD_SQLSTATE,
     SKIPPED_SQLSTATE,
     PostgresEngine,
@@ -1181,3 +1182,303 @@ def test_a_multibyte_client_encoding_that_can_hide_quotes_ends_the_session():
     assert b"server_version" in out.to_client  # what came before is passed on
     assert b"client_encoding\0SJIS" not in out.to_client
     assert b"hoop: client_encoding SJIS is not supported" in out.to_client
+
+
+# ---- approvals run once ---------------------------------------------------------------------
+# A Parse the gate allows on a grant (allow + request_id) may be bound once; later Binds of that
+# statement are refused, and a name forgets its grant only when the server confirms it.
+
+TRUNCATE_TAG = CC("TRUNCATE TABLE")
+
+
+def grants(text: str) -> Verdict:
+    if "truncate" in text.lower():
+        return Verdict("allow", request_id="req-9", rule="rule 0: truncate")
+    return policy(text)
+
+
+USED = Verdict("deny", GRANT_USED_MESSAGE, request_id="req-9", rule="grant-used")
+
+
+def _used_refusal(stream: bytes) -> None:
+    """stream is exactly the grant-used ErrorResponse and a ReadyForQuery."""
+    got = parse_messages(stream)
+    assert [k for k, _ in got] == [b"E", b"Z"]
+    fields = error_fields(got[0][1])
+    assert fields["C"] == DENY_SQLSTATE and fields["M"] == GRANT_USED_MESSAGE and fields["D"] == "hoop request req-9"
+
+
+def prepared_and_run(name: str = "s1") -> list:
+    """The psycopg prepare=True shape: Parse + Sync, then Bind/Describe/Execute/Sync."""
+    return [
+        ("c", P("truncate t", name) + SYNC),
+        ("s", PARSE_OK + Z()),
+        ("c", B(name=name) + D() + E() + SYNC),
+        ("s", BIND_OK + NO_DATA + TRUNCATE_TAG + Z()),
+    ]
+
+
+@pytest.mark.parametrize("record", [False, True])
+def test_a_granted_statement_is_bound_once_then_refused(record):
+    again = B(name="s1") + D() + E() + SYNC
+    script = session(*prepared_and_run(), ("c", again), ("c", again), ("c", Q("select 1")), ("s", CC("SELECT 1") + Z()))
+    res = run(script, gate=grants, record_params=record)
+    assert res.per_step[4][0] == B(name="s1") + D() + E() + SYNC  # the first run passes untouched
+    assert res.per_step[4][2] == [StatementStarted("truncate t", "execute", () if record else None)]
+    for step in (6, 7):  # every later Bind: nothing reaches the server, the client gets the refusal
+        assert res.per_step[step][0] == b""
+        _used_refusal(res.per_step[step][1])
+        assert res.per_step[step][2] == [StatementBlocked("truncate t", USED)]
+    assert res.events[-2:] == [StatementStarted("select 1", "query"), StatementFinished("SELECT 1")]
+
+
+def test_a_refused_bind_inside_a_segment_is_failed_by_the_server():
+    # The second Bind of the statement follows other work in its segment: it is replaced by a
+    # Bind the server must fail, and its error is swapped for the refusal.
+    client = B(name="s1") + E() + B(name="s1") + E() + SYNC
+    engine = PostgresEngine(grants)
+    feed(engine, session(*prepared_and_run()[:2]))
+    out = engine.from_client(client)
+    sent = parse_messages(out.to_server)
+    assert [k for k, _ in sent] == [b"B", b"E", b"B", b"S"]
+    assert sent[2][1].startswith(b"\0hoop_grant_used\0")
+    server = BIND_OK + TRUNCATE_TAG + ERR("26000", 'prepared statement "hoop_grant_used" does not exist') + Z()
+    script = session(*prepared_and_run()[:2], ("c", client), ("s", server), ("c", Q("select 1")), ("s", CC("SELECT 1") + Z()))
+    res = run(script, gate=grants)
+    got = parse_messages(res.per_step[5][1])
+    assert [k for k, _ in got] == [b"2", b"C", b"E", b"Z"]
+    assert error_fields(got[2][1])["M"] == GRANT_USED_MESSAGE
+    assert res.events[1:] == [
+        StatementStarted("truncate t", "execute"),
+        StatementBlocked("truncate t", USED),
+        StatementFinished("TRUNCATE TABLE"),
+        StatementStarted("select 1", "query"),
+        StatementFinished("SELECT 1"),
+    ]
+
+
+def test_the_unnamed_statement_runs_once_until_parsed_again():
+    once = P("truncate t") + B() + E() + SYNC
+    script = session(
+        ("c", once),
+        ("s", PARSE_OK + BIND_OK + TRUNCATE_TAG + Z()),
+        ("c", B() + E() + SYNC),  # the unnamed statement again, without a new Parse
+        ("c", P("select 1") + B() + E() + SYNC),  # a new statement in it: fine
+        ("s", PARSE_OK + BIND_OK + DR(1) + CC("SELECT 1") + Z()),
+        ("c", B() + E() + SYNC),  # and bound again, as often as the client likes
+        ("s", BIND_OK + DR(1) + CC("SELECT 1") + Z()),
+        ("c", once),  # a new approval of the same text: runs once more
+        ("s", PARSE_OK + BIND_OK + TRUNCATE_TAG + Z()),
+    )
+    res = run(script, gate=grants)
+    assert res.per_step[4] [0] == b"" and res.per_step[4][2] == [StatementBlocked("truncate t", USED)]
+    _used_refusal(res.per_step[4][1])
+    assert res.per_step[5][0] == P("select 1") + B() + E() + SYNC
+    assert res.per_step[7][0] == B() + E() + SYNC
+    assert res.per_step[9][0] == once
+    engine = PostgresEngine(grants)
+    feed(engine, script[:7])
+    assert engine._granted == {}  # the ParseComplete of "select 1" settled it: nothing left to check
+
+
+def test_pipelined_binds_before_the_parse_is_answered():
+    client = P("truncate t", "s1") + SYNC + B(name="s1") + E() + SYNC + B(name="s1") + E() + SYNC
+    server = PARSE_OK + Z() + BIND_OK + TRUNCATE_TAG + Z()
+    res = run(session(("c", client), ("s", server)), gate=grants)
+    assert res.per_step[2][0] == P("truncate t", "s1") + SYNC + B(name="s1") + E() + SYNC
+    assert res.per_step[2][1] == b""  # the refusal waits for the answers ahead of it
+    got = parse_messages(res.per_step[3][1])
+    assert [k for k, _ in got] == [b"1", b"Z", b"2", b"C", b"Z", b"E", b"Z"]
+    assert error_fields(got[5][1])["M"] == GRANT_USED_MESSAGE
+    assert [type(e).__name__ for e in res.events[1:]] == ["StatementStarted", "StatementBlocked", "StatementFinished"]
+
+
+def test_a_confirmed_close_or_new_parse_frees_the_name():
+    script = session(
+        *prepared_and_run(),
+        ("c", CLOSE("S", "s1") + SYNC),
+        ("s", CLOSE_OK + Z()),
+        ("c", P("select 1", "s1") + SYNC),
+        ("s", PARSE_OK + Z()),
+        *[step for _ in range(3) for step in (("c", B(name="s1") + E() + SYNC), ("s", BIND_OK + DR(1) + CC("SELECT 1") + Z()))],
+    )
+    res = run(script, gate=grants)
+    for k in (10, 12, 14):
+        assert res.per_step[k][0] == B(name="s1") + E() + SYNC
+        assert res.per_step[k][2] == [StatementStarted("select 1", "execute")]
+    assert not any(isinstance(e, StatementBlocked) for e in res.events)
+
+
+@pytest.mark.parametrize(
+    "attempt, answer",
+    [
+        # a Close the server skips (an earlier message failed) leaves the statement in place
+        (P("select nope") + CLOSE("S", "s1") + SYNC, ERR("42703", "no such column") + Z()),
+        # a named statement cannot be redefined: the Parse fails, s1 is still the truncate
+        (P("select 1", "s1") + SYNC, ERR("42P05", 'prepared statement "s1" already exists') + Z()),
+        # answered after the next Bind was sent: that Bind is judged against both
+        (CLOSE("S", "s1") + SYNC, None),
+    ],
+)
+def test_a_close_or_parse_the_server_did_not_do_frees_nothing(attempt, answer):
+    steps = [*prepared_and_run(), ("c", attempt)]
+    if answer is not None:
+        steps.append(("s", answer))
+    steps.append(("c", B(name="s1") + E() + SYNC))
+    res = run(session(*steps), gate=grants)
+    assert res.per_step[-1][0] == b""
+    assert res.per_step[-1][2] == [StatementBlocked("truncate t", USED)]
+
+
+def test_an_unnamed_parse_the_server_skipped_frees_nothing():
+    script = session(
+        ("c", P("truncate t") + B() + E() + SYNC),
+        ("s", PARSE_OK + BIND_OK + TRUNCATE_TAG + Z()),
+        ("c", P("select nope") + P("select 1") + SYNC),  # the second Parse is skipped
+        ("s", ERR("42703", "no such column") + Z()),
+        ("c", B() + E() + SYNC),  # would run the truncate again
+    )
+    res = run(script, gate=grants)
+    assert res.per_step[6][0] == b"" and res.per_step[6][2] == [StatementBlocked("truncate t", USED)]
+
+
+def test_statements_never_granted_run_any_number_of_times():
+    for gate in (None, policy, grants):
+        engine = PostgresEngine(gate)
+        feed(engine, session(("c", P("select $1", "s") + SYNC), ("s", PARSE_OK + Z())))
+        for k in range(5):
+            chunk = B([str(k)], name="s") + E() + SYNC
+            out = engine.from_client(chunk)
+            assert out.to_server is chunk and out.to_client == b""
+            engine.from_server(BIND_OK + DR(k) + CC("SELECT 1") + Z())
+        assert engine._granted == {}
+
+
+def test_a_large_refused_bind_is_dropped_as_it_streams():
+    engine = PostgresEngine(grants)
+    feed(engine, session(*prepared_and_run()))
+    bind = B([b"\x00" * 4_000_000], name="s1", formats=[1])
+    first = engine.from_client(bind[:8])  # the statement name is not complete yet
+    assert first.to_server == b"" and engine._c_need < 100  # a few bytes buffered, not 4 MB
+    rest, answer = b"", b""
+    for k in range(8, len(bind), 65536):
+        out = engine.from_client(bind[k : k + 65536])
+        rest, answer = rest + out.to_server, answer + out.to_client
+    assert parse_messages(answer)[0][0] == b"E"  # refused as soon as the name was complete
+    out = engine.from_client(E() + SYNC)
+    assert rest + out.to_server == b""
+    _used_refusal(answer + out.to_client)
+
+
+def test_a_large_bind_with_split_names_is_streamed_after_a_few_bytes():
+    engine = PostgresEngine(grants)
+    feed(engine, session(("c", P("insert into blobs values ($1)", "a_rather_long_statement_name") + SYNC), ("s", PARSE_OK + Z())))
+    bind = B([b"\x00" * 4_000_000], name="a_rather_long_statement_name", formats=[1])
+    sent, pos, most = b"", 0, 0
+    while pos < 1000:  # names split across many reads
+        sent += engine.from_client(bind[pos : pos + 7]).to_server
+        pos += 7
+        most = max(most, len(engine._c_pend or b""))
+    assert sent == bind[:pos]  # passed on long before the message is complete
+    assert most < 100  # what was buffered meanwhile: a few bytes
+    rest = engine.from_client(bind[pos:])
+    assert sent + rest.to_server == bind
+
+
+class GrantBackend(ToyBackend):
+    """ToyBackend with PostgreSQL's statement rules that matter here: a named statement
+    cannot be redefined, an unnamed Parse drops the old unnamed statement first, Close
+    answers CloseComplete, and every run of a "truncate N" text is counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runs: dict[str, int] = {}
+
+    def message(self, kind: bytes, body: bytes) -> bytes:
+        if self.skipping or kind not in b"PCE":
+            return super().message(kind, body)
+        if kind == b"P":
+            name = body.split(b"\0", 1)[0]
+            if name and name in self.stmts:
+                self.skipping = True
+                self.seg_open = True
+                self.carry = StatementFailed("42P05", "already exists")
+                return ERR("42P05", "already exists")
+            if not name:
+                self.stmts.pop(name, None)
+            return super().message(kind, body)
+        if kind == b"C":
+            self.seg_open = True
+            if body[:1] == b"S":
+                self.stmts.pop(body[1:-1], None)
+            else:
+                self.portals.pop(body[1:-1], None)
+            return CLOSE_OK
+        portal = body.split(b"\0", 1)[0]
+        text = self.portals.get(portal)
+        out = super().message(kind, body)
+        if text is not None and text.startswith("truncate") and out.endswith(CC("SELECT 1")):
+            self.runs[text] = self.runs.get(text, 0) + 1
+            self.portals.pop(portal)  # a portal runs its statement once
+        return out
+
+
+_GRANT_OPS = st.one_of(
+    st.tuples(st.just("P"), st.sampled_from(["", "a"]), st.sampled_from(["truncate", "select 1", "select bad"])),
+    st.tuples(st.just("B"), st.sampled_from(["", "a"])),  # a Bind and an Execute of it
+    st.tuples(st.just("C"), st.sampled_from(["", "a"])),
+    st.tuples(st.just("S")),
+    st.tuples(st.just("H")),
+)
+
+
+def _grant_gate(text: str) -> Verdict:
+    if text.startswith("truncate"):
+        return Verdict("allow", request_id=text, rule="rule 0: truncate")
+    return Verdict("allow")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rounds=st.lists(st.lists(_GRANT_OPS, max_size=6), min_size=1, max_size=8), seed=st.integers(0, 1000))
+def test_model_no_approval_runs_twice_whatever_the_client_sends(rounds, seed):
+    """Each Parse of "truncate" is a new approval (text "truncate N"); the server may run
+    each at most once, however the client names, closes, re-parses, pipelines and splits."""
+    rng = random.Random(seed)
+    engine = PostgresEngine(_grant_gate)
+    feed(engine, session())
+    backend = GrantBackend()
+    counter = 0
+    events = []
+    for ops in rounds:
+        client = b""
+        for op in ops:
+            if op[0] == "P":
+                text = op[2]
+                if text == "truncate":
+                    counter += 1
+                    text = f"truncate {counter}"
+                client += P(text, op[1])
+            elif op[0] == "B":
+                client += B(name=op[1]) + E()
+            elif op[0] == "C":
+                client += CLOSE("S", op[1])
+            else:
+                client += SYNC if op[0] == "S" else FLUSH
+        client += SYNC  # each round ends its segment, as clients do (more Syncs may come before)
+        forwarded = b""
+        for chunk in _chunks(client, "random", rng):
+            out = engine.from_client(chunk)
+            assert not out.close
+            forwarded += out.to_server
+            events += out.events
+        reply = backend.feed(forwarded)
+        for chunk in _chunks(reply, "random", rng):
+            out = engine.from_server(chunk)
+            assert not out.close
+            events += out.events
+    assert all(n == 1 for n in backend.runs.values()), backend.runs
+    outcomes = [e for e in events if isinstance(e, (StatementFinished, StatementFailed))]
+    assert outcomes == backend.outcomes
+    refused = [e for e in events if isinstance(e, StatementBlocked)]
+    assert all(e.verdict.rule == "grant-used" and e.text.startswith("truncate") for e in refused)
+    assert not engine._fifo and not engine._tracked

@@ -49,6 +49,20 @@ Rules (each one is tested in tests/test_protocol_postgres.py):
     error and passes the client its own ErrorResponse instead.
   A blocked statement does not abort an explicit transaction block in the first case: the
   server never saw it. If the gate raises, the statement is denied (fail closed).
+* An approval runs once. A Parse the gate let through on a grant (verdict allow with a
+  request_id) may be bound once: the first Bind of that statement passes, every later one in
+  the session is refused like a blocked Parse (`StatementBlocked`, rule "grant-used", 42501):
+  at the start of a segment by dropping through Sync, inside one by a stand-in Bind the
+  server must fail (statement `hoop_grant_used`, two parameter formats for three parameters,
+  an ERROR whichever PostgreSQL checks first) whose error is swapped for the refusal. The
+  grant counts as used at its first Bind even if the server then fails or skips that Bind.
+  A name stops being tracked only when the server confirms it no longer holds the granted
+  statement: the ParseComplete of a later Parse of that name or the CloseComplete of a Close
+  (a Parse or Close the server fails or skips changes nothing: a named statement cannot be
+  redefined, and a skipped Parse leaves the old unnamed one in place). Until that answer, a
+  Bind of the name in a later segment is judged against every statement the name may hold;
+  a Bind in the same segment as that Parse or Close binds its outcome or is skipped with it.
+  Sessions without granted statements pay one empty-dict check per Bind, Parse, Close and Sync.
 * Parameters are only decoded with record_params=True: text format as UTF-8, binary as hex,
   None for NULL. The Bind is then buffered whole, so MAX_MESSAGE_BYTES applies to it.
 * Password / SASL messages ('p') are streamed through and never looked at.
@@ -61,7 +75,9 @@ Rules (each one is tested in tests/test_protocol_postgres.py):
 
 Known limits: statement text is decoded as UTF-8 whatever client_encoding says; a COPY FROM
 STDIN that fails at the server while the client is still sending may leave the client's
-trailing Sync unattributed (outcomes then resynchronise at the next ReadyForQuery).
+trailing Sync unattributed (outcomes then resynchronise at the next ReadyForQuery). An SQL
+`EXECUTE name` of a protocol-level prepared statement is judged by the gate as that text;
+the run-once rule above applies to Bind only.
 """
 
 from __future__ import annotations
@@ -105,6 +121,13 @@ FUNCTION_TAG = "FUNCTION CALL"
 # identifier is a syntax error in every PostgreSQL version.
 _BLOCKED_SQL = b"hoop_blocked_statement"
 
+GRANT_USED_MESSAGE = "hoop: an approval lets a statement run once; ask again: prepare it anew to request another approval"
+# The replacement for a refused Bind inside an open segment: a statement the client never
+# made, and two parameter formats for three parameters. PostgreSQL raises an ERROR for
+# either, whichever it checks first, so the Bind fails even if a client named a statement so.
+_USED_BIND_BODY = b"\0hoop_grant_used\0" + struct.pack("!hhhh", 2, 0, 0, 3)
+_USED_BIND = b"B" + struct.pack("!I", len(_USED_BIND_BODY) + 4) + _USED_BIND_BODY
+
 _SSL_REQUEST = 80877103
 _GSSENC_REQUEST = 80877104
 _CANCEL_REQUEST = 80877102
@@ -120,9 +143,11 @@ _U32_PACK = struct.Struct("!I").pack
 # FIFO entry kinds. Extended-protocol kinds (an error makes the server skip to Sync) come
 # first, then the kinds a ReadyForQuery answers, then the ones retired as soon as they
 # reach the head.
-_PARSE, _BIND, _DESCRIBE, _CLOSE, _EXEC, _INJ_P = range(6)
-_STARTUP, _SYNC, _QUERY, _INJ_Q = range(6, 10)
-_SYNTH_E, _SYNTH_Z, _COPYEND = 10, 11, 12
+# _PARSE_T / _CLOSE_T: a Parse or Close of a statement name tracked for a grant (its answer
+# settles what the name holds). _INJ_P: our stand-in for a blocked Parse or a refused Bind.
+_PARSE, _BIND, _DESCRIBE, _CLOSE, _PARSE_T, _CLOSE_T, _EXEC, _INJ_P = range(8)
+_STARTUP, _SYNC, _QUERY, _INJ_Q = range(8, 12)
+_SYNTH_E, _SYNTH_Z, _COPYEND = 12, 13, 14
 _SYNTH = _SYNTH_E  # every kind from here on is retired as soon as it reaches the head
 
 # Frontend message types after startup.
@@ -190,6 +215,32 @@ def _remember(table: dict, key: bytes, value) -> None:
     table[key] = value
 
 
+class _Grant:
+    """A statement the gate let through on an approval: it may be bound once."""
+
+    __slots__ = ("text", "request_id", "used")
+
+    def __init__(self, text: str, request_id: str) -> None:
+        self.text = text
+        self.request_id = request_id
+        self.used = False
+
+
+class _Slot:
+    """What one statement name may hold at the server, for a name that held a grant.
+
+    held: the grant the server holds under the name as far as it has confirmed (None: no
+    grant). pending: the Parses and Closes of the name the server has not answered yet, in
+    order, as (segment number, the grant that Parse brings or None for anything else).
+    """
+
+    __slots__ = ("held", "pending")
+
+    def __init__(self) -> None:
+        self.held: _Grant | None = None
+        self.pending: list[tuple[int, _Grant | None]] = []
+
+
 class PostgresEngine:
     """Observes one PostgreSQL session; see the module docstring for the rules."""
 
@@ -206,8 +257,11 @@ class PostgresEngine:
         "_c_copy",
         "_drop",
         "_seg_open",
+        "_seg_no",
         "_stmts",
         "_portals",
+        "_granted",
+        "_tracked",
         # server side
         "_s_pend",
         "_s_need",
@@ -236,8 +290,13 @@ class PostgresEngine:
         self._c_copy = False  # the server is reading COPY data from the client
         self._drop = 0  # 1: dropping through Sync; 2: dropping up to Sync, which is forwarded
         self._seg_open = False  # extended messages forwarded since the last Sync
+        self._seg_no = 0  # segments forwarded while _granted is not empty (tells them apart)
         self._stmts: dict[bytes, str] = {}
         self._portals: dict[bytes, tuple[str, tuple[str | None, ...] | None]] = {}
+        # Statement names that held a grant (see the module docstring); empty in most sessions,
+        # and then nothing else of this is looked at.
+        self._granted: dict[bytes, _Slot] = {}
+        self._tracked: deque[bytes] = deque()  # the name of each _PARSE_T / _CLOSE_T entry
         self._s_pend: bytearray | None = None
         self._s_need = 0
         self._s_skip = 0
@@ -401,6 +460,8 @@ class PostgresEngine:
                         if self._drop == 2:
                             self._drop = 0
                             self._seg_open = False
+                            if self._granted:
+                                self._seg_no += 1
                             fifo.append(_SYNC)
                             i = end
                             continue
@@ -413,6 +474,12 @@ class PostgresEngine:
                         parts.append(data[fwd:i])
                     fwd = end
                 elif t == 0x42:  # B Bind
+                    if self._granted:
+                        grant = self._used_grant(data, i + 5, end)
+                        if grant is not None:
+                            fwd = self._refuse_bind(data, i, end, fwd, parts, to_client, events, grant)
+                            i = end
+                            continue
                     self._bind(data, i + 5, end, True)
                     fifo.append(_BIND)
                     self._seg_open = True
@@ -435,6 +502,8 @@ class PostgresEngine:
                     if not self._c_copy:  # during COPY FROM STDIN the server ignores Sync
                         fifo.append(_SYNC)
                         self._seg_open = False
+                        if self._granted:
+                            self._seg_no += 1
                 elif t == 0x44:  # D Describe
                     fifo.append(_DESCRIBE)
                     self._seg_open = True
@@ -451,10 +520,16 @@ class PostgresEngine:
                         raise _Broken("malformed Close")
                     what = data[j]
                     if what == 0x53:
-                        self._stmts.pop(data[j + 1 : z], None)
-                    elif what == 0x50:
-                        self._portals.pop(data[j + 1 : z], None)
-                    fifo.append(_CLOSE)
+                        name = data[j + 1 : z]
+                        self._stmts.pop(name, None)
+                        if self._granted and name in self._granted:
+                            self._track(name, None, _CLOSE_T)
+                        else:
+                            fifo.append(_CLOSE)
+                    else:
+                        if what == 0x50:
+                            self._portals.pop(data[j + 1 : z], None)
+                        fifo.append(_CLOSE)
                     self._seg_open = True
                 elif t == 0x63 or t == 0x66:  # c CopyDone, f CopyFail
                     self._copy_end()
@@ -497,12 +572,24 @@ class PostgresEngine:
             # Only the portal and statement names are needed: stream the parameters.
             z = data.find(0, i + 5, n)
             if z >= 0 and data.find(0, z + 1, n) >= 0:
+                if self._granted:
+                    grant = self._used_grant(data, i + 5, n)
+                    if grant is not None:  # refused: the rest of it is dropped
+                        self._refuse_bind(data, i, end, fwd, parts, to_client, events, grant)
+                        self._c_skip = end - n
+                        self._c_skip_drop = True
+                        return n, n, n
                 self._bind(data, i + 5, n, False)
                 self._fifo.append(_BIND)
                 self._seg_open = True
                 self._c_skip = end - n
                 self._c_skip_drop = False
                 return n, fwd, n
+            need = 2 * (n - i) + 64
+            if need < ln + 1:  # the names are incomplete: wait for a little more, not for all of it
+                self._c_pend = bytearray(memoryview(data)[i:])
+                self._c_need = need
+                return n, fwd, i
         elif t == 0x46 and n - i >= 9:
             fwd2 = self._function_call(data, i, end, fwd, parts, to_client, events)
             self._c_skip = end - n
@@ -543,27 +630,94 @@ class PostgresEngine:
         verdict = self._judge(text) if self._gate is not None else None
         if verdict is None or verdict.action == "allow":
             _remember(self._stmts, name, text)
-            self._fifo.append(_PARSE)
+            if self._granted or (verdict is not None and verdict.request_id is not None):
+                grant = None
+                if verdict is not None and verdict.request_id is not None:
+                    grant = _Grant(text, verdict.request_id)
+                self._track(name, grant, _PARSE_T)
+            else:
+                self._fifo.append(_PARSE)
             self._seg_open = True
             return fwd
         events.append(StatementBlocked(text, verdict))
+        if self._seg_open and not name:
+            self._stmts.pop(b"", None)  # the stand-in Parse replaces the unnamed statement
+        body = name + b"\0" + _BLOCKED_SQL + b"\0\0\0"
+        return self._withhold(data, i, end, fwd, parts, to_client, _refusal(verdict), b"P" + _U32_PACK(len(body) + 4) + body)
+
+    def _withhold(self, data, i, end, fwd, parts, to_client, payload: bytes, stand_in: bytes) -> int:
+        """Refuse the extended-protocol message at i (a Parse or a Bind); see the module docstring."""
         if fwd < i:
             parts.append(data[fwd:i])
-        payload = _refusal(verdict)
         if self._seg_open:
-            # Mid-segment: make the server fail this Parse itself (see module docstring).
-            body = name + b"\0" + _BLOCKED_SQL + b"\0\0\0"
-            parts.append(b"P" + _U32_PACK(len(body) + 4) + body)
+            # Mid-segment: make the server fail a stand-in for it, and swap its error.
+            parts.append(stand_in)
             self._fifo.append(_INJ_P)
             self._payloads.append(payload)
-            if not name:
-                self._stmts.pop(b"", None)
             self._drop = 2
         else:
             # Answered like a failed Parse: the error now, ReadyForQuery at the Sync.
             self._drop = 1
             self._answer(payload, to_client)
         return end
+
+    # ---- grants: an approved statement is bound once ---------------------------------
+
+    def _track(self, name: bytes, grant: _Grant | None, kind: int) -> None:
+        """A Parse (grant: what it brings, if anything) or Close of a name that holds or
+        gets a grant: forwarded, and what the name holds is settled by the server's answer."""
+        slot = self._granted.get(name)
+        if slot is None:
+            if grant is None:
+                self._fifo.append(_PARSE if kind == _PARSE_T else _CLOSE)
+                return
+            slot = self._granted[name] = _Slot()
+        slot.pending.append((self._seg_no, grant))
+        self._tracked.append(name)
+        self._fifo.append(kind)
+
+    def _settle(self, done: bool) -> None:
+        """The server answered the oldest tracked Parse/Close: done (ParseComplete,
+        CloseComplete), or failed or skipped it (the name keeps what it held)."""
+        name = self._tracked.popleft()
+        slot = self._granted.get(name)
+        if slot is None or not slot.pending:  # cannot happen; nothing to settle
+            return
+        _, grant = slot.pending.pop(0)
+        if done:
+            slot.held = grant
+        if slot.held is None and not slot.pending:
+            del self._granted[name]
+
+    def _used_grant(self, data: bytes, j: int, limit: int) -> _Grant | None:
+        """For a Bind whose names lie in data[j:limit]: the used grant it would run again
+        (refuse it), or None (it may go on; a grant it may run counts as used now)."""
+        z = data.find(0, j, limit)
+        z2 = data.find(0, z + 1, limit) if z >= 0 else -1
+        if z2 < 0:
+            raise _Broken("malformed Bind")
+        slot = self._granted.get(data[z + 1 : z2])
+        if slot is None:
+            return None
+        pending = slot.pending
+        if pending and pending[-1][0] == self._seg_no:
+            # A Parse or Close of this name earlier in this segment: the Bind binds what it
+            # left, or the server skips the Bind along with it.
+            maybe = [pending[-1][1]]
+        else:
+            maybe = [slot.held, *[g for _, g in pending]]
+        for grant in maybe:
+            if grant is not None and grant.used:
+                return grant
+        for grant in maybe:
+            if grant is not None:
+                grant.used = True
+        return None
+
+    def _refuse_bind(self, data, i, end, fwd, parts, to_client, events, grant: _Grant) -> int:
+        verdict = Verdict("deny", GRANT_USED_MESSAGE, request_id=grant.request_id, rule="grant-used")
+        events.append(StatementBlocked(grant.text, verdict))
+        return self._withhold(data, i, end, fwd, parts, to_client, _refusal(verdict), _USED_BIND)
 
     def _query(self, data, i, end, fwd, parts, to_client, events):
         z = data.find(0, i + 5, end)
@@ -726,9 +880,15 @@ class PostgresEngine:
                 elif t == 0x31:  # 1 ParseComplete
                     if fifo and fifo[0] == _PARSE:
                         fifo.popleft()
+                    elif fifo and fifo[0] == _PARSE_T:
+                        fifo.popleft()
+                        self._settle(True)
                 elif t == 0x33:  # 3 CloseComplete
                     if fifo and fifo[0] == _CLOSE:
                         fifo.popleft()
+                    elif fifo and fifo[0] == _CLOSE_T:
+                        fifo.popleft()
+                        self._settle(True)
                 elif t == 0x49 or t == 0x73:  # I EmptyQueryResponse, s PortalSuspended
                     if fifo:
                         k = fifo[0]
@@ -842,6 +1002,8 @@ class PostgresEngine:
                     self._q_failed = False
             elif k == _INJ_P or k == _INJ_Q or k == _SYNTH_E:
                 payloads.popleft()
+            elif k == _PARSE_T or k == _CLOSE_T:
+                self._settle(False)
 
     def _error(self, data, i, end, fwd, parts, events) -> int:
         fifo = self._fifo
@@ -855,11 +1017,13 @@ class PostgresEngine:
             fifo.popleft()
             events.append(StatementFailed(code, message))
             self._skipping = True
-        elif k <= _CLOSE:  # Parse, Bind, Describe or Close failed
+        elif k <= _CLOSE_T:  # Parse, Bind, Describe or Close failed
             fifo.popleft()
+            if k >= _PARSE_T:
+                self._settle(False)
             self._skipping = True
             self._skip_err = (code, message)
-        elif k == _INJ_P:  # our stand-in for a blocked Parse failed, as intended
+        elif k == _INJ_P:  # our stand-in for a blocked Parse or refused Bind failed, as intended
             fifo.popleft()
             fwd = self._swallow(data, i, end, fwd, parts, self._payloads.popleft())
             self._skipping = True
