@@ -25,7 +25,7 @@ from hoopcli.gateway.protocols.base import (
     StatementStarted,
     Verdict,
 )
-from hoopcli.gateway.protocols.mysql import MySQLEngine, err_packet
+from hoopcli.gateway.protocols.mysql import GRANT_USED_MESSAGE, MySQLEngine, err_packet
 
 # ---- capability flags used by the hand-built packets ----------------------------------------
 
@@ -768,6 +768,139 @@ def test_pipelined_command_during_auth_is_gated(split):
     ]
 
 
+# ---- approvals run once -------------------------------------------------------------------------
+
+
+def grants(text: str) -> Verdict:
+    """"truncate" is allowed on an approval (request req-5); the rest as hold_drops."""
+    if "truncate" in text.lower():
+        return Verdict("allow", request_id="req-5", rule="rule 0: truncate")
+    return hold_drops(text)
+
+
+USED = Verdict("deny", GRANT_USED_MESSAGE, request_id="req-5", rule="grant-used")
+USED_ERR = err_packet(1227, "42000", GRANT_USED_MESSAGE)
+
+
+def close_stmt(stmt_id: int) -> bytes:
+    return cmd(0x19, stmt_id.to_bytes(4, "little"))
+
+
+def reset_stmt(stmt_id: int) -> bytes:
+    return cmd(0x1A, stmt_id.to_bytes(4, "little"))
+
+
+def granted_and_run(conv: Conv, stmt_id: int = 5) -> None:
+    conv.client(cmd(0x16, b"truncate t"))
+    conv.server(prepare_ok(stmt_id, columns=0, params=0, deprecate_eof=False))
+    conv.client(execute(stmt_id, None))
+    conv.server(ok(1))
+    to_server, _, events = conv.take()
+    assert to_server == cmd(0x16, b"truncate t") + execute(stmt_id, None)
+    assert [(type(e), getattr(e, "text", None)) for e in events] == [
+        (StatementStarted, "truncate t"),
+        (StatementFinished, None),
+        (StatementStarted, "truncate t"),
+        (StatementFinished, None),
+    ]
+
+
+def assert_used(conv: Conv, data: bytes) -> None:
+    conv.client(data)
+    assert conv.take() == (b"", USED_ERR, [StatementBlocked("truncate t", USED)])
+
+
+def test_a_granted_statement_executes_once(split):
+    conv = logged_in(split, gate=grants)
+    granted_and_run(conv)
+    assert_used(conv, execute(5, None))
+    assert_used(conv, execute(5, None))
+    assert_used(conv, execute(0xFFFFFFFF, None))  # "the last prepared" is the same statement
+    assert_used(conv, cmd(0xFA, (5).to_bytes(4, "little") + b"\0\0"))  # nor in bulk
+    conv.client(reset_stmt(5))  # COM_STMT_RESET does not re-arm it
+    conv.server(ok(1))
+    conv.take()
+    assert_used(conv, execute(5, None))
+    conv.client(query("select 1"))  # the session goes on
+    conv.server(resultset([(b"1",)], False))
+    assert conv.take()[2] == [StatementStarted("select 1", "query"), StatementFinished("SELECT 1")]
+
+
+def test_a_closed_granted_statement_is_the_servers_to_refuse(split):
+    conv = logged_in(split, gate=grants)
+    granted_and_run(conv)
+    conv.client(close_stmt(5) + execute(5, None))  # ids are never reused: the server fails it
+    conv.server(err(1, 1243, "HY000", "Unknown prepared statement handler"))
+    to_server, _, events = conv.take()
+    assert to_server == close_stmt(5) + execute(5, None)
+    assert events == [
+        StatementStarted("/* unknown prepared statement 5 */", "execute"),
+        StatementFailed("1243/HY000", "Unknown prepared statement handler"),
+    ]
+
+
+def test_pipelined_executes_of_the_last_prepared(split):
+    conv = logged_in(split, gate=grants)
+    conv.client(cmd(0x16, b"truncate t") + execute(0xFFFFFFFF, None) + execute(0xFFFFFFFF, None))
+    to_server, to_client, events = conv.take()
+    assert to_server == cmd(0x16, b"truncate t") + execute(0xFFFFFFFF, None)
+    assert to_client == b""  # the refusal waits behind the answers still due
+    answer = prepare_ok(8, columns=0, params=0, deprecate_eof=False) + ok(1)
+    conv.server(answer)
+    assert conv.take()[1] == answer + USED_ERR
+    assert events[-1] == StatementBlocked("truncate t", USED)
+    assert_used(conv, execute(8, None))
+
+
+def test_an_execute_of_an_id_not_given_yet_waits_for_the_granted_prepare(split):
+    # A client that guesses the id its granted prepare will get would run it unseen.
+    conv = logged_in(split, gate=grants)
+    conv.client(cmd(0x16, b"truncate t") + execute(6, None))
+    to_server, _, events = conv.take()
+    assert to_server == cmd(0x16, b"truncate t")
+    assert events[-1].verdict.rule == "grant-pending" and events[-1].verdict.request_id == "req-5"
+    conv.server(prepare_ok(6, columns=0, params=0, deprecate_eof=False))
+    assert conv.take()[1].endswith(err_packet(1227, "42000", events[-1].verdict.message))
+    conv.client(execute(6, None))  # by the id it was given: its one run
+    conv.server(ok(1))
+    assert conv.take()[0] == execute(6, None)
+    assert_used(conv, execute(6, None))
+
+
+def test_statements_never_granted_execute_any_number_of_times(split):
+    conv = logged_in(split, gate=grants, record_params=True)
+    granted_and_run(conv)  # executes are now withheld until complete, and checked
+    conv.client(cmd(0x16, b"select c from t where a = ?"))
+    conv.server(prepare_ok(6, columns=1, params=1, deprecate_eof=False))
+    conv.take()
+    for k in range(4):
+        data = execute(6, [(0x08, k.to_bytes(8, "little"))])
+        conv.client(data)
+        conv.server(binary_resultset(1, False))
+        to_server, _, events = conv.take()
+        assert to_server == data
+        assert events == [StatementStarted("select c from t where a = ?", "execute", (str(k),)), StatementFinished("SELECT 1")]
+
+
+def test_reset_connection_forgets_granted_statements(split):
+    conv = logged_in(split, gate=grants)
+    granted_and_run(conv)
+    conv.client(cmd(0x1F))  # COM_RESET_CONNECTION
+    conv.server(ok(1))
+    conv.client(execute(5, None))  # unknown now, at the server too
+    assert conv.take()[0] == cmd(0x1F) + execute(5, None)
+
+
+def test_sessions_without_grants_never_withhold_executes():
+    conv = logged_in(split_whole, gate=hold_drops)
+    conv.client(cmd(0x16, b"select ?"))
+    conv.server(prepare_ok(2, columns=1, params=1, deprecate_eof=False))
+    data = execute(2, [(0x08, (1).to_bytes(8, "little"))])
+    out = conv.engine.from_client(data[:7])
+    assert out.to_server == data[:7]  # passed on before the packet is complete
+    assert not conv.engine._granted
+
+
 # ---- framing -----------------------------------------------------------------------------------
 
 
@@ -879,11 +1012,15 @@ CONVERSATION = [
     ("server", resultset([(b"x",)], True, status=MORE_RESULTS) + ok(5)),
     ("client", query("select nosuch")),
     ("server", err(1, 1054, "42S22", "Unknown column")),
+    ("client", cmd(0x16, b"truncate t")),
+    ("server", prepare_ok(2, 0, 0, True)),
+    ("client", execute(2, None) + execute(2, None) + execute(0xFFFFFFFF, None) + query("select 2")),
+    ("server", ok(1) + resultset([(b"2",)], True)),
 ]
 
 
 def run_conversation(cuts: list[int] | None) -> tuple[bytes, bytes, list]:
-    conv = Conv(split_whole, MySQLEngine(gate=hold_drops, record_params=True))
+    conv = Conv(split_whole, MySQLEngine(gate=grants, record_params=True))
     for direction, data in CONVERSATION:
         if cuts is None:
             chunks = [data]
@@ -898,6 +1035,18 @@ def run_conversation(cuts: list[int] | None) -> tuple[bytes, bytes, list]:
 
 
 WHOLE = run_conversation(None)
+
+
+def test_the_conversation_refuses_the_second_run_of_its_granted_statement():
+    assert WHOLE[2][-6:] == [
+        StatementStarted("truncate t", "execute", ()),  # recorded: no parameters
+        StatementBlocked("truncate t", USED),
+        StatementBlocked("truncate t", USED),
+        StatementStarted("select 2", "query"),
+        StatementFinished("OK 0 rows affected"),
+        StatementFinished("SELECT 1"),
+    ]
+    assert WHOLE[1].endswith(ok(1) + USED_ERR + USED_ERR + resultset([(b"2",)], True))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -919,11 +1068,11 @@ def test_fuzz_any_split_gives_the_same_bytes_and_events(cuts):
         ),
         max_size=16,
     ),
-    st.sampled_from(["fresh", "logged_in", "query", "prepare", "execute"]),
+    st.sampled_from(["fresh", "logged_in", "query", "prepare", "execute", "granted"]),
     st.booleans(),
 )
 def test_fuzz_garbage_never_escapes(feeds, start, deprecate_eof):
-    engine = MySQLEngine(gate=hold_drops, record_params=True)
+    engine = MySQLEngine(gate=grants, record_params=True)
     if start != "fresh":
         engine.from_server(greeting())
         engine.from_client(login_packet(caps=CLIENT_CAPS | (DEPRECATE_EOF if deprecate_eof else 0)))
@@ -935,6 +1084,11 @@ def test_fuzz_garbage_never_escapes(feeds, start, deprecate_eof):
         if start == "execute":
             engine.from_server(prepare_ok(1, 1, 1, deprecate_eof))
             engine.from_client(execute(1, [(0x03, (7).to_bytes(4, "little"))]))
+    elif start == "granted":  # executes are withheld and checked from here on
+        engine.from_client(cmd(0x16, b"truncate t"))
+        engine.from_server(prepare_ok(1, 0, 0, deprecate_eof))
+        engine.from_client(execute(1, None))
+        engine.from_server(ok(1))
     closed = False
     for to_server, data in feeds:
         out = engine.from_client(data) if to_server else engine.from_server(data)

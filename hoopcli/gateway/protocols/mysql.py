@@ -24,7 +24,16 @@ What the engine does to the traffic
   COM_STMT_EXECUTE (kind "execute") and COM_STMT_BULK_EXECUTE ("bulk_execute") carry the text
   of their prepared statement and are not asked again: the prepare was. An execute of the
   MariaDB pipelining id -1 right after a refused prepare is refused too (the server would
-  otherwise run the previous statement). Commands that only read session state (ping,
+  otherwise run the previous statement).
+- An approval runs once. A statement whose prepare the gate allowed on a grant (allow with a
+  request_id) may be executed once: its first execute (by id or by -1) passes, every later
+  one is refused (rule "grant-used", ERR 1227/42000), and so is an execute of an id the
+  server has not given out yet while such a prepare still awaits its answer (rule
+  "grant-pending": it could be that id). COM_STMT_RESET does not re-arm it; COM_STMT_CLOSE,
+  COM_RESET_CONNECTION and COM_CHANGE_USER forget it with the statement (ids are never
+  reused in a connection). Once a session has had a granted prepare, its executes are
+  withheld until complete, so that one can be refused whole: MAX_MESSAGE_BYTES applies to
+  them then. Sessions without one pay an attribute check per execute. Commands that only read session state (ping,
   statistics, field list, fetch, stmt close/reset, set option, reset connection, quit) pass
   without events. Replication and other server-internal commands are refused.
 - Results: one terminal event per StatementStarted, in order. OK -> "OK n rows affected"
@@ -60,6 +69,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from .base import (
+    ALLOW,
     MAX_MESSAGE_BYTES,
     Event,
     Gate,
@@ -74,6 +84,7 @@ from .base import (
 )
 
 __all__ = [
+    "GRANT_USED_MESSAGE",
     "MySQLEngine",
     "ERRNO_BLOCKED",
     "ERRNO_UNSUPPORTED",
@@ -213,6 +224,11 @@ UNSAFE_COLLATION_IDS = frozenset({1, 84, 13, 88, 28, 87, 95, 96, 248, 249, 250})
 _UNSAFE_CHARSET_SWITCH = re.compile(
     r"(?is)\b(?:names|charset|character\s+set|character_set_client|character_set_connection)\b.{0,200}?\b(?:big5|sjis|cp932|gbk|gb18030)\b"
 )
+GRANT_USED_MESSAGE = "hoop: an approval lets a statement run once; ask again: prepare it anew to request another approval"
+GRANT_PENDING_MESSAGE = (
+    "hoop: a statement approved to run once is executed by the id its prepare returns; wait for that answer"
+)
+
 CHARSET_REFUSED = Verdict(
     "deny",
     "hoop: this character set is not supported through the gateway (its multibyte characters can hide quotes); use utf8mb4",
@@ -282,6 +298,8 @@ class _Stmt:
     num_params: int | None = None
     types: bytes | None = None
     long_data: set[int] = field(default_factory=set)
+    grant: str | None = None  # the request id when the prepare was allowed on an approval
+    used: bool = False  # ... and it has been executed once
 
 
 _BLOCKED_STMT = _Stmt("")  # marker: the last prepare was refused
@@ -364,6 +382,7 @@ class MySQLEngine:
         self._deprecate_eof = False
         self._stmts: dict[int, _Stmt] = {}
         self._last_prepared: _Stmt | None = None
+        self._granted = False  # a prepare was allowed on an approval: executes are checked
         self._events: list[Event] = []
         self._to_client_extra: list[bytes] = []
         self._dead = False
@@ -798,7 +817,7 @@ class MySQLEngine:
         if first in _GATED or first == COM_CHANGE_USER:
             return -1, True
         if first in (COM_STMT_EXECUTE, COM_STMT_BULK_EXECUTE):
-            refuse = self._last_prepared is _BLOCKED_STMT
+            refuse = self._granted or self._last_prepared is _BLOCKED_STMT
             return (PARAMS_KEEP_BYTES + 1 if self._record_params else 5), refuse
         if first == COM_STMT_SEND_LONG_DATA:
             return 7, False
@@ -834,10 +853,14 @@ class MySQLEngine:
             return _FORWARD
         if first == COM_STMT_PREPARE:
             text = _text(payload[1:])
-            if not self._allowed(text):
+            verdict = self._judge(text)
+            if verdict is None:
                 self._last_prepared = _BLOCKED_STMT
                 return _DROP
             stmt = _Stmt(text)
+            if verdict.request_id is not None:
+                stmt.grant = verdict.request_id
+                self._granted = True
             self._last_prepared = stmt
             self._queue.append(_Pending("prepare", statement=True, stmt=stmt))
             self._events.append(StatementStarted(text, "prepare"))
@@ -909,6 +932,8 @@ class MySQLEngine:
                 return _DROP
         else:
             stmt = self._stmts.get(stmt_id)
+        if self._granted and self._grant_refused(stmt):
+            return _DROP
         text = stmt.text if stmt is not None else f"/* unknown prepared statement {stmt_id} */"
         params = None
         if first == COM_STMT_EXECUTE:
@@ -998,22 +1023,45 @@ class MySQLEngine:
     # ---- gating ---------------------------------------------------------------------------------
 
     def _allowed(self, text: str) -> bool:
+        return self._judge(text) is not None
+
+    def _judge(self, text: str) -> Verdict | None:
+        """The allow verdict for text, or None when it was refused (and answered)."""
         if _UNSAFE_CHARSET_SWITCH.search(text):
             self._refuse(text, CHARSET_REFUSED, ERRNO_BLOCKED, SQLSTATE_DENY)
-            return False
+            return None
         if self._gate is None:
-            return True
+            return ALLOW
         try:
             verdict = self._gate(text)
         except Exception:
             log.exception("gate failed; refusing the statement")
             verdict = Verdict("deny", "statement refused: the policy check failed", rule="gate-error")
         if verdict.action == "allow":
-            return True
+            return verdict
         if verdict.action == "hold":
             self._refuse(text, verdict, ERRNO_BLOCKED, SQLSTATE_HOLD)
         else:
             self._refuse(text, verdict, ERRNO_BLOCKED, SQLSTATE_DENY)
+        return None
+
+    def _grant_refused(self, stmt: _Stmt | None) -> bool:
+        """An execute in a session that had a granted prepare: refuse (and answer) the second
+        run of a granted statement; count the first."""
+        if stmt is None:  # an id the server has not given out (yet)
+            for pending in self._queue:
+                if pending.kind == "prepare" and pending.stmt is not None and pending.stmt.grant is not None:
+                    verdict = Verdict("deny", GRANT_PENDING_MESSAGE, request_id=pending.stmt.grant, rule="grant-pending")
+                    self._refuse(pending.stmt.text, verdict, ERRNO_BLOCKED, SQLSTATE_DENY)
+                    return True
+            return False
+        if stmt.grant is None:
+            return False
+        if stmt.used:
+            verdict = Verdict("deny", GRANT_USED_MESSAGE, request_id=stmt.grant, rule="grant-used")
+            self._refuse(stmt.text, verdict, ERRNO_BLOCKED, SQLSTATE_DENY)
+            return True
+        stmt.used = True
         return False
 
     def _refuse(self, text: str, verdict: Verdict, errno: int, sqlstate: str) -> None:
