@@ -459,3 +459,11 @@ def test_statements_too_large_to_judge_on_the_relay_are_unparseable():
     huge = "insert into t values " + ",".join(["(1)"] * (MAX_JUDGED_CHARS // 3))
     decision = Policy.from_config("default").decide(huge, ("alice", ()), "postgres")
     assert decision.action == "require_approval" and decision.categories == ("unparseable",)
+
+
+@pytest.mark.parametrize("sql, dialect", [("EXECUTE p", "postgres"), ("EXECUTE s", "mysql")])
+def test_default_policy_holds_sql_level_execute(sql, dialect):
+    from hoopcli.gateway.policy import Policy
+
+    decision = Policy.from_config("default").decide(sql, ("alice", ()), dialect)
+    assert decision.action == "require_approval" and "execute_prepared" in decision.categories

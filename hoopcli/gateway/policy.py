@@ -763,7 +763,10 @@ MAX_JUDGED_CHARS = 256 * 1024  # ~0.1 s of pglast; larger statements are not par
 DEFAULT_RULES: tuple[Rule, ...] = (
     Rule(
         frozenset({"drop", "truncate", "alter", "grant", "revoke", "delete_without_where",
-                   "update_without_where", "do", "dynamic_sql"}),
+                   "update_without_where", "do", "dynamic_sql",
+                   # SQL-level EXECUTE of something prepared earlier: what it runs cannot be
+                   # seen here, and an approval for the PREPARE must not let it run twice.
+                   "execute_prepared"}),
         "require_approval",
     ),
     Rule(frozenset({"copy_program"}), "deny"),
