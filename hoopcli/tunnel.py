@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import ssl
 import threading
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from urllib.parse import urlsplit
 from urllib.request import proxy_bypass_environment
 
 from hoopcli.errors import ConfigError, Unreachable
+from hoopcli.netutil import LOOPBACK_HOSTS, new_event_loop, set_nodelay
 
 log = logging.getLogger(__name__)
 HEAD_LIMIT = 16 * 1024
@@ -47,7 +47,7 @@ class GatewayAddress:
         parts = urlsplit(url)
         if parts.scheme not in ("https", "http") or not parts.hostname:
             raise ConfigError(f"gateway URL '{url}' is not https://host:port", "Set it with `hoop config set gateway https://HOST:PORT`.")
-        if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        if parts.scheme == "http" and parts.hostname not in LOOPBACK_HOSTS:
             raise ConfigError(f"gateway URL '{url}' is not https", "hoop reaches gateways over TLS only (plain http on 127.0.0.1 for tests).")
         return cls(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), parts.scheme == "https")
 
@@ -69,15 +69,6 @@ def proxy_for(address: GatewayAddress) -> tuple[str, int] | None:
     return parts.hostname, parts.port or 3128
 
 
-def _nodelay(transport) -> None:
-    sock = transport.get_extra_info("socket")
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
-
-
 class _HeadThenRelay(asyncio.Protocol):
     """One leg toward the gateway: reads one HTTP response head, then relays to `peer`."""
 
@@ -89,7 +80,7 @@ class _HeadThenRelay(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        _nodelay(transport)
+        set_nodelay(transport)
 
     def data_received(self, data: bytes) -> None:
         if self.peer is not None:
@@ -245,7 +236,7 @@ class _LocalSide(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        _nodelay(transport)
+        set_nodelay(transport)
         self.tunnel._clients.add(self)
         self.tunnel.active += 1
         asyncio.ensure_future(self._connect())
@@ -321,14 +312,3 @@ class TunnelThread:
             pass
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=5)
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    if not os.environ.get("HOOP_NO_UVLOOP"):
-        try:
-            import uvloop
-
-            return uvloop.new_event_loop()
-        except ImportError:
-            pass
-    return asyncio.new_event_loop()

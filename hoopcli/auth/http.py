@@ -9,8 +9,8 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from hoopcli.errors import ConfigError, Unreachable
+from hoopcli.netutil import LOOPBACK_HOSTS
 
-LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 TIMEOUT = (5, 30)  # connect, read
 
 

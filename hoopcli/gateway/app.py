@@ -182,11 +182,10 @@ async def serve(gateway: Gateway, ssl_ctx: ssl.SSLContext | None, ready=None) ->
 
 
 def run_gateway(gateway: Gateway, ssl_ctx, ready=None) -> None:
-    from hoopcli.gateway.server import event_loop_policy
+    from hoopcli.netutil import new_event_loop
 
-    if event_loop_policy() == "uvloop":
-        import uvloop
-
-        uvloop.run(serve(gateway, ssl_ctx, ready))
-    else:
-        asyncio.run(serve(gateway, ssl_ctx, ready))
+    loop = new_event_loop()
+    try:
+        loop.run_until_complete(serve(gateway, ssl_ctx, ready))
+    finally:
+        loop.close()

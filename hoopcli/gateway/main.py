@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from hoopcli.errors import ConfigError, UsageError
+from hoopcli.netutil import LOOPBACK_HOSTS
 
-LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
 def start_gateway(config: str, dev_tls: str | None, insecure_listen: bool, on_ready) -> None:
@@ -20,7 +20,7 @@ def start_gateway(config: str, dev_tls: str | None, insecure_listen: bool, on_re
         raise ConfigError(f"gateway config: {exc}", "Fix gateway.toml; the README has a reference.") from None
     ca = None
     if insecure_listen:
-        if settings.listen_host not in LOOPBACK:
+        if settings.listen_host not in LOOPBACK_HOSTS:
             raise UsageError("--insecure-listen only binds 127.0.0.1", "Use TLS (tls_cert/tls_key or --dev-tls) for any other address.")
         ssl_ctx = None
     elif dev_tls:

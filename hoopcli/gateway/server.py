@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 import time
 import uuid
 from collections import deque
@@ -29,6 +27,7 @@ from hoopcli.gateway.http import (
     response,
 )
 from hoopcli.gateway.identity import TokenRejected
+from hoopcli.netutil import set_nodelay
 from hoopcli.gateway.protocols.base import (
     ProtocolError,
     SessionStarted,
@@ -46,15 +45,6 @@ HEAD_TIMEOUT = 30.0  # a client that opens TLS and never finishes its request is
 
 def new_session_id() -> str:
     return uuid.uuid4().hex[:16]
-
-
-def _nodelay(transport) -> None:
-    sock = transport.get_extra_info("socket")
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
 
 
 class SessionRecorder:
@@ -155,7 +145,7 @@ class TargetSide(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        _nodelay(transport)
+        set_nodelay(transport)
 
     def data_received(self, data: bytes) -> None:
         self.client.from_server(data)
@@ -188,7 +178,7 @@ class ClientSide(asyncio.Protocol):
     # ---- transport callbacks ----------------------------------------------------------
     def connection_made(self, transport) -> None:
         self.transport = transport
-        _nodelay(transport)
+        set_nodelay(transport)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else ""
         self.gw.clients.add(self)
@@ -377,14 +367,3 @@ class ClientSide(asyncio.Protocol):
             duration_ms=round((time.time() - self.started) * 1000, 3),
             details={"bytes_up": self.bytes_up, "bytes_down": self.bytes_down, "statements": recorder.statements},
         )
-
-
-def event_loop_policy() -> str:
-    """Use uvloop where it is installed (a measurable win on the relay path); asyncio otherwise."""
-    if os.environ.get("HOOP_NO_UVLOOP"):
-        return "asyncio"
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return "asyncio"
-    return "uvloop"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from hoopcli.gateway.identity import TrustedIssuer
 from hoopcli.gateway.registry import Registry
+from hoopcli.netutil import LOOPBACK_HOSTS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -107,7 +108,7 @@ def _safe_url(url, where: str) -> str:
     from urllib.parse import urlsplit
 
     parts = urlsplit(str(url))
-    if parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1")):
+    if parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS):
         return str(url)
     raise ValueError(f"{where} must be an https:// URL (http only to 127.0.0.1), not {url!r}")
 
