@@ -11,13 +11,12 @@ SELECT. A batch commits whole or not at all and the writer retries a failed one.
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 from typing import Iterator
 
 from .chain import GENESIS, VerifyReport, link, verify_records
 from .record import FIELDS
-from .store import AuditStore, filters
+from .store import AuditStore, filters, from_row, select_sql, to_row
 
 DEFAULT_TABLE = "hoop_audit"
 
@@ -62,25 +61,6 @@ def _schema(table: str) -> list[str]:
         f"""CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}
             FOR EACH STATEMENT EXECUTE FUNCTION {table}_append_only()""",
     ]
-
-
-def _to_row(record: dict) -> tuple:
-    details = record["details"]
-    return tuple(
-        json.dumps(details, sort_keys=True, ensure_ascii=False) if name == "details" and details is not None
-        else record[name]
-        for name in FIELDS
-    )
-
-
-def _from_row(row: tuple) -> dict:
-    record = dict(zip(FIELDS, row))
-    if record["details"] is not None:
-        try:
-            record["details"] = json.loads(record["details"])
-        except ValueError:
-            pass  # no longer JSON: keep the raw text, its hash will not match
-    return record
 
 
 class PostgresStore(AuditStore):
@@ -152,7 +132,7 @@ class PostgresStore(AuditStore):
                     with conn.cursor() as cur:
                         cur.executemany(
                             f"INSERT INTO {self.table} ({self._columns}) VALUES ({placeholders})",
-                            [_to_row(r) for r in stored],
+                            [to_row(r) for r in stored],
                         )
             except self._psycopg.OperationalError:
                 conn.close()  # reconnect on the next attempt
@@ -160,19 +140,11 @@ class PostgresStore(AuditStore):
         return stored
 
     def query(self, sub=None, connection=None, since=None, kind=None, limit=None, *, session_id=None) -> list[dict]:
-        where = filters(sub, connection, since, kind, session_id)
-        clause = " AND ".join(f'"{col}" >= %s' if col == "ts" else f'"{col}" = %s' for col, _ in where)
-        sql = f"SELECT {self._columns} FROM {self.table}" + (f" WHERE {clause}" if clause else "")
-        params: list = [value for _, value in where]
-        if limit is not None:
-            sql = f'SELECT * FROM ({sql} ORDER BY "seq" DESC LIMIT %s) AS newest ORDER BY "seq"'
-            params.append(int(limit))
-        else:
-            sql += ' ORDER BY "seq"'
+        sql, params = select_sql(self.table, self._columns, filters(sub, connection, since, kind, session_id), limit, "%s")
         with self._lock:
             conn = self._connection()
             try:
-                return [_from_row(row) for row in conn.execute(sql, params).fetchall()]
+                return [from_row(row) for row in conn.execute(sql, params).fetchall()]
             except self._psycopg.OperationalError:
                 conn.close()
                 raise
@@ -182,7 +154,7 @@ class PostgresStore(AuditStore):
             cur.itersize = 5000
             cur.execute(f'SELECT {self._columns} FROM {self.table} ORDER BY "seq"')
             for row in cur:
-                yield _from_row(row)
+                yield from_row(row)
 
     def verify(self) -> VerifyReport:
         # Its own connection and one snapshot: appends from any replica go on meanwhile.

@@ -8,7 +8,6 @@ processes sharing one file still extend a single chain.
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import threading
@@ -16,7 +15,7 @@ from typing import Iterator
 
 from .chain import GENESIS, VerifyReport, link, verify_records
 from .record import FIELDS
-from .store import AuditStore, filters
+from .store import AuditStore, filters, from_row, select_sql, to_row
 
 TABLE = "audit"
 SCHEMA_VERSION = 1
@@ -58,22 +57,6 @@ PRAGMA user_version = {SCHEMA_VERSION};
 """
 
 
-def _to_row(record: dict) -> tuple:
-    details = record["details"]
-    return tuple(
-        json.dumps(details, sort_keys=True, ensure_ascii=False) if name == "details" and details is not None
-        else record[name]
-        for name in FIELDS
-    )
-
-
-def _from_row(row: sqlite3.Row) -> dict:
-    record = {name: row[name] for name in FIELDS}
-    if record["details"] is not None:
-        record["details"] = json.loads(record["details"])
-    return record
-
-
 class SQLiteStore(AuditStore):
     def __init__(self, path: str | os.PathLike, *, busy_timeout_ms: int = 10_000):
         self.path = os.fspath(path)
@@ -108,7 +91,7 @@ class SQLiteStore(AuditStore):
                 head_seq, head_hash = (row["seq"], row["hash"]) if row else (0, GENESIS)
                 stored = link(records, head_seq, head_hash)
                 conn.executemany(
-                    f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES ({_PLACEHOLDERS})", [_to_row(r) for r in stored]
+                    f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES ({_PLACEHOLDERS})", [to_row(r) for r in stored]
                 )
                 conn.execute("COMMIT")
             except BaseException:
@@ -118,27 +101,16 @@ class SQLiteStore(AuditStore):
         return stored
 
     def query(self, sub=None, connection=None, since=None, kind=None, limit=None, *, session_id=None) -> list[dict]:
-        where = filters(sub, connection, since, kind, session_id)
-        clause = " AND ".join(f'"{col}" >= ?' if col == "ts" else f'"{col}" = ?' for col, _ in where)
-        sql = f"SELECT {_COLUMNS} FROM {TABLE}" + (f" WHERE {clause}" if clause else "")
-        params = [value for _, value in where]
-        if limit is not None:
-            sql = f'SELECT * FROM ({sql} ORDER BY "seq" DESC LIMIT ?) ORDER BY "seq"'
-            params.append(int(limit))
-        else:
-            sql += ' ORDER BY "seq"'
+        sql, params = select_sql(TABLE, _COLUMNS, filters(sub, connection, since, kind, session_id), limit, "?")
         conn = self._connect()
         try:
-            return [_from_row(row) for row in conn.execute(sql, params)]
+            return [from_row(row) for row in conn.execute(sql, params)]
         finally:
             conn.close()
 
     def _iter_all(self, conn: sqlite3.Connection) -> Iterator[dict]:
         for row in conn.execute(f'SELECT {_COLUMNS} FROM {TABLE} ORDER BY "seq"'):
-            try:
-                yield _from_row(row)
-            except ValueError:  # details that are no longer JSON: hash it as the raw text
-                yield {name: row[name] for name in FIELDS}
+            yield from_row(row)
 
     def verify(self) -> VerifyReport:
         conn = self._connect()

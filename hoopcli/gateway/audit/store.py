@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
-from typing import Any
+from typing import Any, Iterable
 
 from .chain import VerifyReport
-from .record import format_ts, normalize
+from .record import FIELDS, format_ts, normalize
 
 
 class AuditStore:
@@ -65,6 +66,40 @@ def filters(sub, connection, since, kind, session_id) -> list[tuple[str, Any]]:
     if since is not None:
         out.append(("ts", format_ts(since)))  # the canonical form sorts as text
     return out
+
+
+def to_row(record: dict) -> tuple:
+    """A stored record as column values in FIELDS order (details as JSON text)."""
+    details = record["details"]
+    return tuple(
+        json.dumps(details, sort_keys=True, ensure_ascii=False) if name == "details" and details is not None
+        else record[name]
+        for name in FIELDS
+    )
+
+
+def from_row(values: Iterable) -> dict:
+    """Column values in FIELDS order back to a record. Details that are no longer JSON (an
+    edited row) stay raw text: their hash then does not match, which verify() reports."""
+    record = dict(zip(FIELDS, values))
+    if record["details"] is not None:
+        try:
+            record["details"] = json.loads(record["details"])
+        except ValueError:
+            pass
+    return record
+
+
+def select_sql(table: str, columns: str, where: list[tuple[str, Any]], limit: int | None, mark: str) -> tuple[str, list]:
+    """The query() SELECT for either store (`mark` is its parameter placeholder): filters,
+    records in seq order, with `limit` the newest matches."""
+    clause = " AND ".join(f'"{col}" >= {mark}' if col == "ts" else f'"{col}" = {mark}' for col, _ in where)
+    sql = f"SELECT {columns} FROM {table}" + (f" WHERE {clause}" if clause else "")
+    params: list = [value for _, value in where]
+    if limit is None:
+        return sql + ' ORDER BY "seq"', params
+    params.append(int(limit))
+    return f'SELECT * FROM ({sql} ORDER BY "seq" DESC LIMIT {mark}) AS newest ORDER BY "seq"', params
 
 
 def open_store(url_or_path: str) -> AuditStore:
