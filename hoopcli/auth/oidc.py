@@ -13,15 +13,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 from hoopcli.auth.http import TIMEOUT, describe_failure, require_safe_url, session
-from hoopcli.auth.tokens import TokenSet
+from hoopcli.auth.tokens import ALLOWED_ALGORITHMS, LEEWAY_SECONDS, TokenSet
 from hoopcli.errors import AuthError, ConfigError, Interrupted
 
 log = logging.getLogger(__name__)
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 DEFAULT_INTERVAL = 5
 SLOW_DOWN_STEP = 5
-ALLOWED_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
-LEEWAY_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -171,7 +169,7 @@ class Provider:
             return jwt.decode(
                 id_token,
                 key=key,
-                algorithms=ALLOWED_ALGORITHMS,
+                algorithms=list(ALLOWED_ALGORITHMS),
                 audience=audience or self.client_id,
                 issuer=self.issuer,
                 leeway=LEEWAY_SECONDS,

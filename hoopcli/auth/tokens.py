@@ -7,6 +7,10 @@ import time
 from dataclasses import asdict, dataclass, field
 
 REFRESH_MARGIN_SECONDS = 60
+# JWT signature algorithms hoop accepts anywhere (client and gateway): asymmetric only, so a
+# public key can never double as an HMAC secret, and never `none`.
+ALLOWED_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+LEEWAY_SECONDS = 30
 
 
 @dataclass

@@ -27,7 +27,7 @@ import re
 import time
 from datetime import datetime, timezone
 
-from hoopcli.brokers.base import Credentials
+from hoopcli.brokers.base import Credentials, translated_errors
 from hoopcli.errors import BrokerError, ConfigError, ExitCode, HoopError, UsageError
 
 MIN_DURATION, MAX_DURATION = 900, 43200
@@ -101,12 +101,12 @@ class AwsBroker:
         }
         if self.session_policy:
             request["Policy"] = self.session_policy
-        with _Explain(self):
+        with translated_errors(lambda exc: _describe(self, exc)):
             answer = self._sts().assume_role_with_web_identity(**request)
         keys = answer["Credentials"]
         expires_at = keys["Expiration"].timestamp()
         if self.rds:
-            with _Explain(self):
+            with translated_errors(lambda exc: _describe(self, exc)):
                 token = self._rds_token(keys)
             return Credentials(username=self.rds["user"], password=token,
                                expires_at=min(expires_at, time.time() + RDS_TOKEN_SECONDS), broker=self.name)
@@ -167,24 +167,6 @@ def session_name(identity_token: str) -> str:
     raw = str(claims.get("email") or claims.get("sub") or "")
     name = SESSION_NAME_CHARS.sub("-", raw)[:64]
     return name if len(name) >= 2 else f"hoop-{name or 'session'}"
-
-
-class _Explain:
-    """Turns botocore failures into one BrokerError with a hint."""
-
-    def __init__(self, broker: AwsBroker):
-        self.broker = broker
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, _tb):
-        if exc is None or not isinstance(exc, Exception):
-            return False
-        error = _describe(self.broker, exc)
-        if error is None:
-            return False
-        raise error from None
 
 
 # STS error codes (AssumeRoleWithWebIdentity) → (what happened, what to do)

@@ -8,8 +8,9 @@ broker returns is ever written to disk: it lives in memory and in the child's en
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 
 # Broker environment values that are not secrets (and must not be masked in messages).
@@ -56,6 +57,19 @@ class Broker(Protocol):
     def renew(self, creds: Credentials) -> Credentials: ...
 
     def revoke(self, creds: Credentials) -> None: ...
+
+
+@contextmanager
+def translated_errors(describe: Callable[[Exception], "Exception | None"]):
+    """Run a block and turn what a client library raises into the broker's one clear error:
+    `describe(exc)` returns the BrokerError to raise instead, or None to let `exc` through."""
+    try:
+        yield
+    except Exception as exc:
+        error = describe(exc)
+        if error is None:
+            raise
+        raise error from None
 
 
 def broker_for(hints: dict, profile) -> "Broker":

@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import time
 
-from hoopcli.brokers.base import Credentials
+from hoopcli.brokers.base import Credentials, translated_errors
 from hoopcli.errors import BrokerError, ConfigError, ExitCode
 
 log = logging.getLogger(__name__)
@@ -154,25 +154,7 @@ class VaultBroker:
             client.adapter.close()
 
     def _explained(self, action: str, login: bool = False):
-        return _Explain(self, action, login)
-
-
-class _Explain:
-    """Turns whatever hvac or requests raise into one BrokerError with a hint."""
-
-    def __init__(self, broker: VaultBroker, action: str, login: bool):
-        self.broker, self.action, self.login = broker, action, login
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, _tb):
-        if exc is None or not isinstance(exc, Exception):
-            return False
-        error = _describe(self.broker, self.action, self.login, exc)
-        if error is None:
-            return False
-        raise error from None
+        return translated_errors(lambda exc: _describe(self, action, login, exc))
 
 
 def _is_vault_error(exc: Exception) -> bool:

@@ -14,10 +14,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from hoopcli.auth.tokens import ALLOWED_ALGORITHMS, LEEWAY_SECONDS
+
 log = logging.getLogger(__name__)
 
-ALLOWED_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
-LEEWAY_SECONDS = 30
 REFETCH_INTERVAL = 30.0
 
 
