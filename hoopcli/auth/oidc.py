@@ -137,6 +137,9 @@ class Provider:
                 sleep(interval)
             except KeyboardInterrupt:
                 raise Interrupted("login cancelled", "Run `hoop login` again when ready.") from None
+            # Seconds pass between polls: an IdP (or a load balancer) may have closed the idle
+            # keep-alive connection, and a POST on it would fail. Each poll dials afresh.
+            self.http.close()
             resp = self._post_form(token_url, form)
             body = _json_or_empty(resp)
             if resp.status_code == 200 and "id_token" in body:
