@@ -1,14 +1,15 @@
 """The client side of the gateway's JSON API (connections, approvals, audit).
 
-Same TLS policy as the tunnel: verified against the profile's CA or the system store.
-requests honours HTTPS_PROXY/NO_PROXY by itself.
+Same TLS and proxy policy as the tunnel (auth/http.fetch): verified against the profile's CA
+or the system store, through HTTPS_PROXY unless NO_PROXY exempts the gateway. Standard library
+only, because `hoop exec` and `hoop connect` make one of these calls on every start.
 """
 
 from __future__ import annotations
 
 import logging
 
-from hoopcli.auth.http import TIMEOUT, describe_failure, require_safe_url, session
+from hoopcli.auth.http import fetch, require_safe_url
 from hoopcli.errors import ConfigError, Denied, HoopError, NotFound, NotLoggedIn, UsageError
 
 
@@ -20,25 +21,21 @@ class GatewayAPI:
         if not base_url:
             raise ConfigError("no gateway configured", "Set it with `hoop config set gateway https://gateway.example.com:8443`.")
         self.base = require_safe_url(base_url.rstrip("/"), "gateway")
-        self.http = session(ca_file)
-        self.http.headers["Authorization"] = f"Bearer {token}"
+        self.ca_file = ca_file
+        self._token = token
 
-    def _call(self, method: str, path: str, **kwargs):
-        import requests
-
-        url = self.base + path
-        try:
-            resp = self.http.request(method, url, timeout=TIMEOUT, **kwargs)
-        except requests.RequestException as exc:
-            raise describe_failure(exc, url, "gateway") from None
+    def _call(self, method: str, path: str, params: dict | None = None, json: dict | None = None):
+        resp = fetch(method, self.base + path, what="gateway", ca_file=self.ca_file, params=params, json_body=json,
+                     headers={"Authorization": f"Bearer {self._token}"})
         try:
             body = resp.json()
         except ValueError:
             body = {}
-        log.debug("gateway API %s %s -> %s", method, path, resp.status_code)
-        if resp.status_code == 200:
+        log.debug("gateway API %s %s -> %s", method, path, resp.status)
+        if resp.status == 200:
             return body
-        raise api_error(resp.status_code, body.get("error", resp.reason))
+        reason = body.get("error", resp.reason) if isinstance(body, dict) else resp.reason
+        raise api_error(resp.status, reason)
 
     def connections(self) -> list[dict]:
         return self._call("GET", "/api/connections")["connections"]

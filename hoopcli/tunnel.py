@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import ssl
 import threading
 from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import urlsplit
-from urllib.request import proxy_bypass_environment
 
+from hoopcli.auth.http import proxy_for_host, tls_context
 from hoopcli.errors import ConfigError, Unreachable
 from hoopcli.netutil import LOOPBACK_HOSTS, new_event_loop, set_nodelay
 
@@ -53,20 +52,14 @@ class GatewayAddress:
 
 
 def client_tls_context(ca_file: str = "") -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=ca_file or None)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    return ctx
+    """The same verified TLS context as the gateway API calls (auth/http.tls_context)."""
+    return tls_context(ca_file)
 
 
 def proxy_for(address: GatewayAddress) -> tuple[str, int] | None:
-    """The forward proxy from HTTPS_PROXY (or https_proxy), unless NO_PROXY exempts the gateway."""
-    url = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
-    if not url or proxy_bypass_environment(address.host):
-        return None
-    parts = urlsplit(url if "://" in url else "http://" + url)
-    if not parts.hostname:
-        return None
-    return parts.hostname, parts.port or 3128
+    """The forward proxy from HTTPS_PROXY (or https_proxy), unless NO_PROXY exempts the gateway:
+    the same rule as the gateway API calls (auth/http.proxy_for_host)."""
+    return proxy_for_host(address.host)
 
 
 class _HeadThenRelay(asyncio.Protocol):

@@ -1,17 +1,25 @@
-"""One requests session policy for every call hoop makes to an IdP or a gateway API.
+"""How hoop talks HTTP to an IdP or a gateway API: one TLS and proxy policy for every call.
 
 TLS verification is always on: the profile's CA file when given, the system store otherwise.
 Plain http is accepted only for loopback addresses (a development IdP on 127.0.0.1).
+
+Two clients share that policy. `fetch` (http.client + ssl, no third-party import) serves the
+gateway's JSON API, which `hoop exec`/`connect` call on every start; it reaches the gateway the
+same way the tunnel does: the same TLS context and the same HTTPS_PROXY/NO_PROXY rule
+(`proxy_for_host`). `session` (requests) serves the IdP, the CI token service and Vault.
 """
 
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from hoopcli.errors import ConfigError, Unreachable
+from hoopcli.errors import ConfigError, NotLoggedIn, Unreachable
 from hoopcli.netutil import LOOPBACK_HOSTS
 
 TIMEOUT = (5, 30)  # connect, read
+DEFAULT_PROXY_PORT = 3128
 
 
 def require_safe_url(url: str, what: str) -> str:
@@ -24,6 +32,93 @@ def require_safe_url(url: str, what: str) -> str:
         f"{what} URL '{url}' is not https",
         "hoop only talks to identity providers and gateways over TLS (plain http only on 127.0.0.1).",
     )
+
+
+def tls_context(ca_file: str = ""):
+    """Certificate and host name verified: against `ca_file` when given, else the system store."""
+    import ssl
+
+    try:
+        ctx = ssl.create_default_context(cafile=ca_file or None)
+    except (OSError, ssl.SSLError) as exc:  # a missing, unreadable or non-PEM CA file
+        detail = getattr(exc, "strerror", None) or "not a PEM CA certificate"
+        raise ConfigError(f"cannot use the CA file '{ca_file}' ({detail})", "Set a PEM file with `hoop config set ca_file PATH` (or HOOP_CA_FILE).") from None
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+def proxy_for_host(host: str) -> tuple[str, int] | None:
+    """The forward proxy from HTTPS_PROXY (or https_proxy), unless NO_PROXY exempts `host`."""
+    import os
+    from urllib.request import proxy_bypass_environment
+
+    url = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    if not url or proxy_bypass_environment(host):
+        return None
+    parts = urlsplit(url if "://" in url else "http://" + url)
+    if not parts.hostname:
+        return None
+    return parts.hostname, parts.port or DEFAULT_PROXY_PORT
+
+
+@dataclass
+class Response:
+    status: int
+    reason: str
+    body: bytes
+
+    def json(self):
+        """The body as JSON; ValueError when it is not JSON."""
+        import json
+
+        return json.loads(self.body)
+
+
+def fetch(method: str, url: str, *, what: str, ca_file: str = "", headers: dict | None = None, params: dict | None = None,
+          json_body=None, timeout: tuple[float, float] = TIMEOUT) -> Response:
+    """One request with the standard library: TLS verified (see `tls_context`), through the
+    HTTPS_PROXY forward proxy by CONNECT unless NO_PROXY exempts the host (TLS end to end, so
+    the proxy sees only ciphertext), redirects not followed (a bearer token never leaves for
+    another URL). Any failure to get an answer is an Unreachable naming `what`."""
+    import http.client
+
+    parts = urlsplit(require_safe_url(url, what))
+    host, tls = parts.hostname or "", parts.scheme == "https"
+    port = parts.port or (443 if tls else 80)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if params:
+        from urllib.parse import urlencode
+
+        target += ("&" if "?" in target else "?") + urlencode(params, doseq=True)
+    head = {"User-Agent": "hoop", "Accept": "application/json", **(headers or {})}
+    if any(ch in str(value) for value in head.values() for ch in "\r\n\0"):
+        # Never echoed: the value may be a token. http.client would let a folded line through.
+        raise NotLoggedIn(f"cannot send the request to the {what}: a header holds a line break", "Check that HOOP_TOKEN (or the stored token) is a single line.")
+    body = None
+    if json_body is not None:
+        import json
+
+        body = json.dumps(json_body).encode()
+        head["Content-Type"] = "application/json"
+    proxy = proxy_for_host(host)
+    connect_timeout, read_timeout = timeout
+    dial_host, dial_port = proxy or (host, port)
+    if tls:
+        conn = http.client.HTTPSConnection(dial_host, dial_port, timeout=connect_timeout, context=tls_context(ca_file))
+    else:
+        conn = http.client.HTTPConnection(dial_host, dial_port, timeout=connect_timeout)
+    if proxy is not None:
+        conn.set_tunnel(host, port)
+    try:
+        conn.connect()  # TCP, the proxy's CONNECT and the TLS handshake, within the connect timeout
+        conn.sock.settimeout(read_timeout)
+        conn.request(method, target, body=body, headers=head)
+        resp = conn.getresponse()
+        return Response(resp.status, resp.reason, resp.read())
+    except (OSError, http.client.HTTPException) as exc:
+        raise describe_failure(exc, url, what) from None
+    finally:
+        conn.close()
 
 
 def session(ca_file: str = ""):
@@ -43,15 +138,29 @@ def session(ca_file: str = ""):
 
 
 def describe_failure(exc: Exception, url: str, what: str) -> Unreachable:
-    """Turn a requests exception into one clear line with a hint."""
-    import requests
-
+    """Turn a failed request (requests' exceptions or the standard library's) into one clear
+    line with a hint."""
     host = urlsplit(url).netloc
-    if isinstance(exc, requests.exceptions.SSLError):
+    if _is_tls_failure(exc):
         return Unreachable(
             f"TLS verification failed talking to the {what} at {host}",
             "Set the CA that signed its certificate with `hoop config set ca_file PATH`.",
         )
-    if isinstance(exc, requests.exceptions.Timeout):
+    if _is_timeout(exc):
         return Unreachable(f"the {what} at {host} did not answer in time", "Check the network and try again.")
     return Unreachable(f"cannot reach the {what} at {host}", "Check the URL in `hoop config show` and that the service is up.")
+
+
+def _is_tls_failure(exc: Exception) -> bool:
+    ssl = sys.modules.get("ssl")
+    if ssl is not None and isinstance(exc, ssl.SSLError):
+        return True
+    requests = sys.modules.get("requests")  # imported only by the callers that use `session`
+    return requests is not None and isinstance(exc, requests.exceptions.SSLError)
+
+
+def _is_timeout(exc: Exception) -> bool:
+    if isinstance(exc, TimeoutError):  # socket.timeout is TimeoutError since Python 3.10
+        return True
+    requests = sys.modules.get("requests")
+    return requests is not None and isinstance(exc, requests.exceptions.Timeout)
