@@ -14,16 +14,31 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Iterable
+from json.encoder import c_encode_basestring, c_make_encoder
+from typing import Any, Callable, Iterable
 
 from .record import FIELDS
 
 GENESIS = "0" * 64
 _HASHED = tuple(name for name in FIELDS if name != "hash")
 _HASHED_SORTED = tuple(sorted(_HASHED))
-# The canonical encoder, made once (json.dumps with options builds a new one per call).
-# Keys are put in sorted order by canonical() itself; nested dicts (details) need sort_keys.
-_ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _reject(value):
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def sorted_json_encoder(item_separator: str, key_separator: str) -> Callable[[Any], str]:
+    """json.dumps(value, sort_keys=True, ensure_ascii=False, separators=...) as one function
+    made once: json.dumps builds its encoder anew on every call, which the audit writer pays
+    for every statement. The C encoder when there is one, else the same options in Python."""
+    if c_make_encoder is not None:
+        encode = c_make_encoder(None, _reject, c_encode_basestring, None, key_separator, item_separator, True, False, True)
+        return lambda value: "".join(encode(value, 0))
+    return json.JSONEncoder(sort_keys=True, separators=(item_separator, key_separator), ensure_ascii=False, default=_reject).encode
+
+
+_ENCODE = sorted_json_encoder(",", ":")  # the canonical form
 
 
 @dataclass(frozen=True, slots=True)

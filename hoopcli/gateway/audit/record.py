@@ -163,7 +163,7 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, str):
         return clean_text(value)
     if isinstance(value, dict):
-        return {clean_text(k): jsonable(v) for k, v in value.items()}
+        return {clean_text(k): v if type(v) is str and v.isascii() and "\x00" not in v else jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
         items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
         return [jsonable(v) for v in items]
@@ -179,22 +179,39 @@ def normalize(record: dict) -> dict:
 
     Raises ValueError for an unknown kind or field, or a bad timestamp; everything else is
     coerced (text fields to str, `code` to str, `duration_ms` to float, `details` to JSON).
+    Runs once per statement in the audit writer, so the common case (ASCII text, float
+    times, flat details) takes the short way through each step.
     """
     check(record)
     out = dict.fromkeys(FIELDS)
     out.update(record)
-    for name in TEXT_FIELDS:
-        if out[name] is not None:
-            out[name] = clean_text(out[name])
-    out["ts"] = format_ts(out["ts"]) if out["ts"] is not None else now_ts()
-    if out["started_at"] is not None:
-        out["started_at"] = format_ts(out["started_at"])
+    _clean_text_fields(out)
+    ts = out["ts"]
+    out["ts"] = format_ts(ts) if ts is not None else now_ts()
+    started = out["started_at"]
+    if started is not None:
+        # The recorder gives a statement's start as its ts (one float): format it once.
+        out["started_at"] = out["ts"] if started is ts else format_ts(started)
     if out["duration_ms"] is not None:
         duration = float(out["duration_ms"])
         out["duration_ms"] = duration if math.isfinite(duration) else None
-    if out["details"] is not None:
-        details = jsonable(out["details"])
+    details = out["details"]
+    if details is not None:
+        details = jsonable(details)
         out["details"] = details if isinstance(details, dict) else {"value": details}
     if out["seq"] is not None:
         out["seq"] = int(out["seq"])
     return out
+
+
+def _clean_text_fields(out: dict) -> None:
+    values = [value for value in map(out.get, TEXT_FIELDS) if value is not None]
+    try:
+        joined = "".join(values)  # TypeError when one of them is not text
+    except TypeError:
+        joined = None
+    if joined is not None and joined.isascii() and "\x00" not in joined:
+        return  # the common case: every text field is clean ASCII already
+    for name in TEXT_FIELDS:
+        if out[name] is not None:
+            out[name] = clean_text(out[name])

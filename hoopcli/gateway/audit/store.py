@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from operator import itemgetter
 from typing import Any, Iterable
 
-from .chain import VerifyReport
+from .chain import VerifyReport, sorted_json_encoder
 from .record import FIELDS, format_ts, normalize
 
 
@@ -68,14 +69,18 @@ def filters(sub, connection, since, kind, session_id) -> list[tuple[str, Any]]:
     return out
 
 
+_DETAILS_TEXT = sorted_json_encoder(", ", ": ")  # json.dumps(details, sort_keys=True, ensure_ascii=False)
+_ROW_VALUES = itemgetter(*FIELDS)
+_DETAILS_AT = FIELDS.index("details")
+
+
 def to_row(record: dict) -> tuple:
     """A stored record as column values in FIELDS order (details as JSON text)."""
-    details = record["details"]
-    return tuple(
-        json.dumps(details, sort_keys=True, ensure_ascii=False) if name == "details" and details is not None
-        else record[name]
-        for name in FIELDS
-    )
+    row = _ROW_VALUES(record)
+    details = row[_DETAILS_AT]
+    if details is None:
+        return row
+    return (*row[:_DETAILS_AT], _DETAILS_TEXT(details), *row[_DETAILS_AT + 1:])
 
 
 def from_row(values: Iterable) -> dict:
