@@ -27,12 +27,17 @@ class Gateway:
     def __init__(self, settings: GatewaySettings, store=None):
         from hoopcli.gateway.approvals import ApprovalBook
         from hoopcli.gateway.audit import AuditWriter, open_store
+        from hoopcli.gateway.audit.export import build_exporters
 
         self.settings = settings
         self.registry = settings.registry
         self.verifier = IdentityVerifier(settings.issuers)
-        self.store = store or open_store(settings.audit_store)
-        self.writer = AuditWriter(self.store, exporters=self._exporters())
+        if store is None:  # ours: the writer process opens its own connection to it
+            self.store = open_store(settings.audit_store)  # fails here, at start, when misconfigured
+            self.writer = AuditWriter.in_subprocess(settings.audit_store, self._exporter_specs())
+        else:
+            self.store = store
+            self.writer = AuditWriter(store, exporters=build_exporters(self._exporter_specs()))
         self.submit = self.writer.submit
         self.policies = self._policies()
         self.approvals = ApprovalBook(
@@ -49,15 +54,13 @@ class Gateway:
             self.approval_hook = WebhookExporter(settings.approval_webhook)
 
     # ---- wiring ----------------------------------------------------------------------
-    def _exporters(self) -> list:
-        from hoopcli.gateway.audit import JsonLinesExporter, WebhookExporter
-
-        exporters = []
+    def _exporter_specs(self) -> list[tuple[str, str]]:
+        specs = []
         if self.settings.export_jsonl:
-            exporters.append(JsonLinesExporter(self.settings.export_jsonl))
+            specs.append(("jsonl", self.settings.export_jsonl))
         if self.settings.export_webhook:
-            exporters.append(WebhookExporter(self.settings.export_webhook))
-        return exporters
+            specs.append(("webhook", self.settings.export_webhook))
+        return specs
 
     def _policies(self) -> dict:
         from hoopcli.gateway.policy import Policy

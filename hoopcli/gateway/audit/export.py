@@ -19,6 +19,12 @@ from typing import Iterator, Mapping
 log = logging.getLogger("hoopcli.audit")
 
 
+def build_exporters(specs) -> list:
+    """Exporters from ("jsonl", path) / ("webhook", url) pairs (what gateway.toml names)."""
+    makers = {"jsonl": JsonLinesExporter, "webhook": WebhookExporter}
+    return [makers[kind](target) for kind, target in specs]
+
+
 def encode_line(record: dict) -> str:
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n"
 

@@ -2,12 +2,21 @@
 
 `submit()` runs on the relay's hot path (an asyncio loop): a few dict operations and a deque
 append under a lock — no I/O, no hashing. A background thread takes batches (up to
-`batch_size`, or whatever arrived within `interval`), appends them to the store, then hands
-the stored records to the exporters. If the store fails the thread keeps the batch, retries
-with exponential backoff and jitter, and reports `healthy == False` with `last_error`, so the
-gateway can fail closed (refuse new sessions) until it recovers.
+`batch_size`, or whatever arrived within `interval`) and hands them on:
 
-Records leave the queue in submit order, so `submit()`'s ticket n is stored exactly when
+- `AuditWriter(store)`: the thread stores them itself (`BatchStorer`: normalize, append,
+  export). Used when the caller owns a store object (tests, embedding).
+- `AuditWriter.in_subprocess(store_url)`: the gateway's mode. The batches go, pickled, to a
+  writer process (`audit/process.py`) that owns the store. Normalizing, hashing and SQLite
+  inserts cost ~15 µs of CPU per statement; in the gateway's own process that work held the
+  GIL in bursts of milliseconds and stalled every relayed session behind it (recording on
+  cost ~40 % of pgbench's TPS; with the writer in its own process ~10 %, bench/RESULTS.md).
+
+If the store fails, the batch is kept and retried with exponential backoff and jitter, and
+`healthy` turns False with `last_error`, so the gateway can fail closed (refuse new sessions
+and statements) until it recovers.
+
+Records are stored in submit order, so `submit()`'s ticket n is stored exactly when
 `stored >= n`; `flush()` waits for the tickets issued before it.
 """
 
@@ -18,7 +27,7 @@ import random
 import threading
 import time
 from collections import deque
-from typing import Iterable
+from typing import Callable, Iterable
 
 from .masking import mask_sql_secrets
 from .record import check, normalize
@@ -30,23 +39,103 @@ STALL_SECONDS = 10.0  # records waiting this long with no append finishing: the 
 MAX_BACKLOG = 200_000  # records queued but not stored before the writer reports unhealthy
 
 
-class AuditWriter:
+def prepare(record: dict) -> dict:
+    """Normalize, never raise: a record that cannot be kept as given is kept as best we can.
+    Passwords written inside SQL are masked here, off the event loop."""
+    statement = record.get("statement")
+    if isinstance(statement, str):
+        record = dict(record, statement=mask_sql_secrets(statement))
+    try:
+        return normalize(record)
+    except Exception as exc:
+        problem = f"{type(exc).__name__}: {exc}"[:500]
+    try:  # most likely a bad timestamp: keep everything else
+        details = record.get("details")
+        details = dict(details) if isinstance(details, dict) else {"value": details}
+        details.update(
+            audit_error=problem, original_ts=str(record.get("ts")), original_started_at=str(record.get("started_at"))
+        )
+        return normalize(dict(record, ts=time.time(), started_at=None, details=details))
+    except Exception:
+        keep = {name: record.get(name) for name in ("session_id", "sub", "connection") if isinstance(record.get(name), str)}
+        return normalize(dict(keep, kind=record["kind"], outcome="error", details={"audit_error": problem}))
+
+
+class BatchStorer:
+    """Stores one batch at a time: prepare, append (retrying with backoff until it works or
+    `abandon` is set), then hand the stored records to the exporters. Runs wherever the store
+    lives: the writer thread, or the writer process."""
+
     def __init__(
         self,
         store,
+        exporters: Iterable = (),
+        *,
+        initial_backoff: float = 0.05,
+        max_backoff: float = 5.0,
+        abandon: threading.Event | None = None,
+        on_failure: Callable[[int, str], None] = lambda failures, error: None,
+    ):
+        self.store = store
+        self.exporters = list(exporters)
+        self.initial_backoff = initial_backoff
+        self.max_backoff = max_backoff
+        self.abandon = abandon or threading.Event()
+        self.on_failure = on_failure
+        self.failures = 0  # failed append attempts in a row
+        self.export_errors = 0
+        self._append = getattr(store, "append_normalized", store.append)
+
+    def store_batch(self, records: list[dict]) -> list[dict] | None:
+        """The stored records, or None when abandoned before the store took them."""
+        batch = [prepare(r) for r in records]
+        while True:
+            try:
+                stored = self._append(batch)
+            except Exception as exc:
+                self.failures += 1
+                error = f"{type(exc).__name__}: {exc}"
+                log.error("audit store append failed (attempt %d): %s", self.failures, error)
+                self.on_failure(self.failures, error)
+                delay = min(self.max_backoff, self.initial_backoff * 2 ** min(self.failures - 1, 30))
+                if self.abandon.wait(delay * random.uniform(0.5, 1.0)):
+                    return None
+                continue
+            self.failures = 0
+            self._export(stored)
+            return stored
+
+    def _export(self, stored: list[dict]) -> None:
+        for exporter in self.exporters:
+            try:
+                exporter.export(stored)
+            except Exception as exc:
+                self.export_errors += 1
+                log.warning("audit exporter %s failed: %s", type(exporter).__name__, exc)
+
+    def close_exporters(self) -> None:
+        for exporter in self.exporters:
+            try:
+                exporter.close()
+            except Exception as exc:  # an exporter never breaks shutdown
+                log.warning("audit exporter %s: close failed: %s", type(exporter).__name__, exc)
+
+
+class AuditWriter:
+    def __init__(
+        self,
+        store=None,
         exporters: Iterable = (),
         *,
         batch_size: int = 500,
         interval: float = 0.05,
         initial_backoff: float = 0.05,
         max_backoff: float = 5.0,
+        _process=None,
     ):
         self.store = store  # not owned: the caller closes it after close()
-        self.exporters = list(exporters)
         self.batch_size = max(1, int(batch_size))
         self.interval = interval
-        self.initial_backoff = initial_backoff
-        self.max_backoff = max_backoff
         self._queue: deque[dict] = deque()
         self._lock = threading.Lock()  # submit order == ticket order
         self._cond = threading.Condition()  # flush waiters
@@ -60,10 +149,27 @@ class AuditWriter:
         self._progress_at = time.monotonic()
         self.last_error: str | None = None
         self.failures = 0  # failed append attempts in a row
-        self.export_errors = 0
+        self._export_errors = 0
         self.lost = 0  # records still queued when close() gave up
+        self._storer = None
+        self._process = _process
+        if _process is None:
+            self._storer = BatchStorer(
+                store, exporters, initial_backoff=initial_backoff, max_backoff=max_backoff,
+                abandon=self._abandon, on_failure=self._failed,
+            )
+        else:
+            _process.start(on_stored=self._stored_batch, on_failure=self._failed)
         self._thread = threading.Thread(target=self._run, name="hoop-audit-writer", daemon=True)
         self._thread.start()
+
+    @classmethod
+    def in_subprocess(cls, store_url: str, exporter_specs: Iterable[tuple[str, str]] = (), **options) -> "AuditWriter":
+        """A writer whose store (opened from `store_url`) and exporters live in a child process."""
+        from .process import WriterProcess
+
+        backoff = {k: options[k] for k in ("initial_backoff", "max_backoff") if k in options}
+        return cls(_process=WriterProcess(store_url, list(exporter_specs), **backoff), **options)
 
     # ---- hot path ---------------------------------------------------------------------
 
@@ -111,6 +217,10 @@ class AuditWriter:
     def pending(self) -> int:
         return self._submitted - self._stored
 
+    @property
+    def export_errors(self) -> int:
+        return self._storer.export_errors if self._storer is not None else self._export_errors
+
     def flush(self, timeout: float | None = None) -> bool:
         """Block until every record submitted so far is stored; False on timeout."""
         target = self._submitted
@@ -137,11 +247,10 @@ class AuditWriter:
         self._abandon.set()
         self._wake.set()
         self._thread.join(timeout=10)
-        for exporter in self.exporters:
-            try:
-                exporter.close()
-            except Exception as exc:  # an exporter never breaks shutdown
-                log.warning("audit exporter %s: close failed: %s", type(exporter).__name__, exc)
+        if self._process is not None:
+            self._process.stop(graceful=ok)
+        else:
+            self._storer.close_exporters()
         return ok
 
     def __enter__(self):
@@ -149,6 +258,22 @@ class AuditWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    # ---- outcomes (from the writer thread, or the writer process's reader thread) --------
+
+    def _stored_batch(self, count: int, export_errors: int = 0) -> None:
+        self.failures = 0
+        self._healthy = True
+        self._export_errors = export_errors
+        self._progress_at = time.monotonic()
+        with self._cond:
+            self._stored += count
+            self._cond.notify_all()
+
+    def _failed(self, failures: int, error: str) -> None:
+        self.failures = failures
+        self._healthy = False
+        self.last_error = error
 
     # ---- the writer thread --------------------------------------------------------------
 
@@ -159,61 +284,23 @@ class AuditWriter:
             batch.append(queue.popleft())
         return batch
 
-    def _prepare(self, record: dict) -> dict:
-        """Normalize, never raise: a record that cannot be kept as given is kept as best we can.
-        Passwords written inside SQL are masked here, off the event loop."""
-        statement = record.get("statement")
-        if isinstance(statement, str):
-            record = dict(record, statement=mask_sql_secrets(statement))
-        try:
-            return normalize(record)
-        except Exception as exc:
-            problem = f"{type(exc).__name__}: {exc}"[:500]
-        try:  # most likely a bad timestamp: keep everything else
-            details = record.get("details")
-            details = dict(details) if isinstance(details, dict) else {"value": details}
-            details.update(
-                audit_error=problem, original_ts=str(record.get("ts")), original_started_at=str(record.get("started_at"))
-            )
-            return normalize(dict(record, ts=time.time(), started_at=None, details=details))
-        except Exception:
-            keep = {name: record.get(name) for name in ("session_id", "sub", "connection") if isinstance(record.get(name), str)}
-            return normalize(dict(keep, kind=record["kind"], outcome="error", details={"audit_error": problem}))
-
     def _run(self) -> None:
-        batch: list[dict] = []
         while True:
+            urgent = self._stored < self._urgent_upto
+            if len(self._queue) < self.batch_size and not urgent and not self._abandon.is_set():
+                self._wake.wait(self.interval)
+            self._wake.clear()
+            batch = self._take()
             if not batch:
-                urgent = self._stored < self._urgent_upto
-                if len(self._queue) < self.batch_size and not urgent and not self._abandon.is_set():
-                    self._wake.wait(self.interval)
-                self._wake.clear()
-                batch = [self._prepare(r) for r in self._take()]
-                if not batch:
-                    if self._abandon.is_set():
-                        return
-                    continue
-            try:
-                stored = getattr(self.store, "append_normalized", self.store.append)(batch)
-            except Exception as exc:
-                self.failures += 1
-                self._healthy = False
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.error("audit store append failed (attempt %d): %s", self.failures, self.last_error)
-                delay = min(self.max_backoff, self.initial_backoff * 2 ** min(self.failures - 1, 30))
-                if self._abandon.wait(delay * random.uniform(0.5, 1.0)):
+                if self._abandon.is_set():
                     return
+                if urgent and self._process is not None:
+                    self._wake.wait(self.interval)  # sent already: the process's answer ends the wait
                 continue
-            batch = []
-            self.failures = 0
-            self._healthy = True
-            self._progress_at = time.monotonic()
-            with self._cond:
-                self._stored += len(stored)
-                self._cond.notify_all()
-            for exporter in self.exporters:
-                try:
-                    exporter.export(stored)
-                except Exception as exc:
-                    self.export_errors += 1
-                    log.warning("audit exporter %s failed: %s", type(exporter).__name__, exc)
+            if self._process is not None:
+                self._process.send(batch)
+                continue
+            stored = self._storer.store_batch(batch)
+            if stored is None:  # abandoned by close()
+                return
+            self._stored_batch(len(stored))
