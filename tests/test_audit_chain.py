@@ -7,6 +7,8 @@ import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hoopcli.gateway.audit import FIELDS, GENESIS, canonical, format_ts, new_record, normalize, record_hash
 from hoopcli.gateway.audit.chain import link, verify_records
@@ -112,3 +114,33 @@ def test_verify_a_slice_takes_its_start_on_trust():
     chain = _chain(6)
     assert verify_records(chain[3:], from_genesis=False).ok
     assert not verify_records(chain[3:]).ok
+
+
+# The writer's fast paths must hash and store exactly what the plain definitions would.
+_text = st.text(st.characters(blacklist_categories=()), max_size=12)
+_scalar = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | _text
+_json = st.recursive(_scalar, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_text, inner, max_size=3), max_leaves=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    texts=st.fixed_dictionaries({}, optional={name: _text | st.integers() for name in ("sub", "statement", "tag", "code", "message", "email")}),
+    details=st.none() | st.dictionaries(_text, _json, max_size=4),
+    duration=st.none() | st.floats(allow_nan=False, allow_infinity=False),
+)
+def test_fast_paths_encode_exactly_what_json_dumps_would(texts, details, duration):
+    from hoopcli.gateway.audit.record import TEXT_FIELDS, clean_text, jsonable
+    from hoopcli.gateway.audit.store import to_row
+
+    record = normalize({"kind": "statement", "ts": 1_700_000_000.25, "details": details, "duration_ms": duration, **texts})
+    for name in TEXT_FIELDS:  # the one-pass check left nothing a per-field clean would change
+        if record[name] is not None:
+            assert record[name] == clean_text(record[name])
+    if details is not None:
+        expected = jsonable(details)
+        assert record["details"] == (expected if isinstance(expected, dict) else {"value": expected})
+    hashed = {k: v for k, v in record.items() if k != "hash"}
+    assert canonical(record) == json.dumps(hashed, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    row = to_row(dict(record, seq=1, prev_hash="0" * 64, hash="f" * 64))
+    stored_details = row[list(record).index("details")]
+    assert stored_details == (None if record["details"] is None else json.dumps(record["details"], sort_keys=True, ensure_ascii=False))
