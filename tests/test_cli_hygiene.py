@@ -249,13 +249,14 @@ os.write(2, ("\\nOFFENDERS " + json.dumps(bad) + "\\n").encode())
 """
 
 
-def imported_heavy(runs: list[list[str]], env: dict) -> list[str]:
+def imported_heavy(runs: list[list[str]], env: dict, heavy: tuple[str, ...] = HEAVY, expect: str = "") -> list[str]:
     proc = subprocess.run(
-        [sys.executable, "-c", IMPORTS, json.dumps(runs), json.dumps(HEAVY)],
+        [sys.executable, "-c", IMPORTS, json.dumps(runs), json.dumps(heavy)],
         env=env, capture_output=True, text=True, timeout=60, cwd=REPO,
     )
     line = [ln for ln in proc.stderr.splitlines() if ln.startswith("OFFENDERS ")]
     assert line, proc.stderr
+    assert expect in proc.stderr, proc.stderr
     return json.loads(line[-1].split(" ", 1)[1])
 
 
@@ -271,3 +272,25 @@ def test_completing_a_command_imports_nothing_heavy(tmp_path):
     home.mkdir()
     env = subprocess_env(home, _HOOP_COMPLETE="complete_bash", COMP_WORDS="hoop ex", COMP_CWORD="1")
     assert imported_heavy([[]], env) == []
+
+
+# What `hoop exec NAME -- CMD` and `hoop connect NAME` must not pay for on every start (issue 10:
+# ≤ 150 ms over the command itself): pydantic (typer 0.29 builds every parameter's coercion with
+# it, hence the pin in pyproject.toml), requests for the one gateway API call, a JOSE library
+# for reading the token's expiry.
+EXEC_HEAVY = ("boto3", "botocore", "hvac", "pglast", "sqlglot", "requests", "urllib3", "pydantic", "jwt", "cryptography")
+
+
+def test_exec_and_connect_start_import_nothing_heavy(tmp_path):
+    import time
+
+    home = tmp_path / "home"
+    home.mkdir()
+    with socket.socket() as s:  # a port nothing listens on: the run stops at the API call
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = _fake_jwt({"alg": "RS256"}, {"sub": "alice", "iss": "https://idp.example", "exp": int(time.time()) + 600}, b"sig")
+    env = subprocess_env(home, HOOP_TOKEN=token, HOOP_GATEWAY=f"https://127.0.0.1:{port}")
+    runs = [["exec", "app-db", "--", "true"], ["connect", "app-db", "--port", "0"], ["--profile", "default", "exec", "app-db", "-c", "select 1"]]
+    offenders = imported_heavy(runs, env, EXEC_HEAVY, expect=f"cannot reach the gateway at 127.0.0.1:{port}")
+    assert offenders == [], f"`hoop exec`/`hoop connect` imported {offenders} before reaching the gateway"
