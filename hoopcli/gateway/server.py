@@ -26,6 +26,7 @@ from hoopcli.gateway.http import (
     parse_head,
     response,
 )
+from hoopcli.gateway.audit.record import check
 from hoopcli.gateway.identity import TokenRejected
 from hoopcli.netutil import set_nodelay
 from hoopcli.gateway.protocols.base import (
@@ -55,10 +56,11 @@ class SessionRecorder:
     (the audit writer formats them off the event loop).
     """
 
-    __slots__ = ("submit", "base", "pending", "db_user", "database", "statements", "error", "_stmt")
+    __slots__ = ("submit", "enqueue", "base", "pending", "db_user", "database", "statements", "error", "_stmt")
 
-    def __init__(self, submit, base: dict):
+    def __init__(self, submit, base: dict, enqueue=None):
         self.submit = submit
+        self.enqueue = enqueue or submit  # for records built here from checked fields
         self.base = base
         self.pending: deque = deque()
         self.db_user = None
@@ -68,7 +70,9 @@ class SessionRecorder:
         self._stmt = self._statement_base()
 
     def _statement_base(self) -> dict:
-        return {**self.base, "kind": "statement", "db_user": self.db_user, "database": self.database}
+        base = {**self.base, "kind": "statement", "db_user": self.db_user, "database": self.database}
+        check(base)  # once per session: each statement's record is a copy, enqueued unchecked
+        return base
 
     def handle(self, events) -> None:
         for event in events:
@@ -104,7 +108,7 @@ class SessionRecorder:
         rec["code"] = code
         rec["message"] = message
         rec["details"] = {"kind": event.kind} if event.params is None else {"kind": event.kind, "params": list(event.params)}
-        self.submit(rec)
+        self.enqueue(rec)
 
     def _finish(self, outcome: str, tag=None, code=None, message=None) -> None:
         if self.pending:
@@ -316,7 +320,7 @@ class ClientSide(asyncio.Protocol):
         # first (MySQL's greeting) may send bytes the moment the connection is up. They are
         # held in `server_early` until the client has its 200.
         self.engine = gw.engine_for(conn, identity)
-        self.recorder = SessionRecorder(gw.submit, {k: v for k, v in base.items() if k != "details"})
+        self.recorder = SessionRecorder(gw.submit, {k: v for k, v in base.items() if k != "details"}, gw.writer.enqueue)
         self.target = TargetSide(self)
         loop = asyncio.get_running_loop()
         try:

@@ -179,6 +179,11 @@ class AuditWriter:
         record = dict(record)
         if record.get("ts") is None:
             record["ts"] = time.time()  # when it happened; formatted off the hot path
+        return self.enqueue(record)
+
+    def enqueue(self, record: dict) -> int:
+        """submit() without the checks and the copy, for a record its caller built afresh from
+        known fields with `ts` set (the session recorder's statement records)."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("the audit writer is closed")
