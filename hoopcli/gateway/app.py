@@ -8,6 +8,7 @@ before returning, so a clean stop loses no record.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import ssl
@@ -187,6 +188,9 @@ async def serve(gateway: Gateway, ssl_ctx: ssl.SSLContext | None, ready=None) ->
 def run_gateway(gateway: Gateway, ssl_ctx, ready=None) -> None:
     from hoopcli.netutil import new_event_loop
 
+    # Everything made so far (modules, settings, policies) lives as long as the process: keep it
+    # out of the collector's full passes, which otherwise walk it all and stall every session.
+    gc.freeze()
     loop = new_event_loop()
     try:
         loop.run_until_complete(serve(gateway, ssl_ctx, ready))

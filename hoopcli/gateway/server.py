@@ -97,7 +97,7 @@ class SessionRecorder:
     def _statement(self, outcome: str, tag, code, message) -> None:
         """The record of the oldest pending statement (the caller checked there is one)."""
         event, started, t0 = self.pending.popleft()
-        duration = round((_clock() - t0) * 1000, 3)
+        duration = (_clock() - t0) * 1000  # rounded to the microsecond off the event loop (normalize)
         self.statements += 1
         rec = self._stmt.copy()
         rec["ts"] = rec["started_at"] = started
@@ -107,7 +107,7 @@ class SessionRecorder:
         rec["tag"] = tag
         rec["code"] = code
         rec["message"] = message
-        rec["details"] = {"kind": event.kind} if event.params is None else {"kind": event.kind, "params": list(event.params)}
+        rec["details"] = _KIND_DETAILS[event.kind] if event.params is None else {"kind": event.kind, "params": list(event.params)}
         self.enqueue(rec)
 
     def _finish(self, outcome: str, tag=None, code=None, message=None) -> None:
@@ -136,6 +136,18 @@ class SessionRecorder:
 
 _wall = time.time
 _clock = time.perf_counter
+
+
+class _KindDetails(dict):
+    """One shared `{"kind": kind}` per statement kind: never mutated (the writer normalizes
+    details into new dicts), so a statement's record needs no dict of its own."""
+
+    def __missing__(self, kind: str) -> dict:
+        self[kind] = details = {"kind": kind}
+        return details
+
+
+_KIND_DETAILS = _KindDetails()
 
 
 class TargetSide(asyncio.Protocol):

@@ -193,7 +193,7 @@ def normalize(record: dict) -> dict:
         # The recorder gives a statement's start as its ts (one float): format it once.
         out["started_at"] = out["ts"] if started is ts else format_ts(started)
     if out["duration_ms"] is not None:
-        duration = float(out["duration_ms"])
+        duration = round(float(out["duration_ms"]), 3)  # to the microsecond
         out["duration_ms"] = duration if math.isfinite(duration) else None
     details = out["details"]
     if details is not None:
