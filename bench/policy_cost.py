@@ -2,14 +2,18 @@
 
     .venv/bin/python bench/policy_cost.py [--seconds 0.5]
 
-"cached" is the routine case: the same statement text again (a pool, pgbench, an ORM), served
-from the LRU classification cache. "uncached" clears the cache before every call, so it pays
-for the parser too (PostgreSQL: pglast; MySQL: hoop's lexer + sqlglot).
+"cached" is the same statement text again (a pool, an ORM with bind parameters), served from
+the LRU classification cache. "new literal" is the routine case of pgbench's simple protocol
+and of most hand-written SQL: the same statement with another value in it every time
+(`... WHERE aid = 12345`); PostgreSQL text is served from the cache keyed on the text with its
+literals masked, MySQL text pays for the parser. "uncached" clears the caches before every
+call, so it pays for the parser too (PostgreSQL: pglast; MySQL: hoop's lexer + sqlglot).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -18,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hoopcli.gateway.policy import Policy, classify  # noqa: E402
 
-ROUTINE = "SELECT abalance FROM pgbench_accounts WHERE aid = 42"
-RISKY = "WITH d AS (DELETE FROM pgbench_history RETURNING *) SELECT count(*) FROM d"
+ROUTINE = "SELECT abalance FROM pgbench_accounts WHERE aid = {}"
+RISKY = "WITH d AS (DELETE FROM pgbench_history WHERE tid = {} RETURNING *) SELECT count(*) FROM d"
 IDENTITY = ("alice@example.com", ("dev",))
 
 
@@ -51,19 +55,26 @@ def main() -> None:
     args = parser.parse_args()
     policy = Policy.from_config("default")
 
-    print(f"{'dialect':8} {'statement':9} {'cached µs':>10} {'uncached µs':>12}")
+    print(f"{'dialect':8} {'statement':9} {'cached µs':>10} {'new literal µs':>15} {'uncached µs':>12}")
     for dialect in ("postgres", "mysql"):
-        for label, sql in (("routine", ROUTINE), ("risky", RISKY)):
+        for label, template in (("routine", ROUTINE), ("risky", RISKY)):
+            sql = template.format(42)
             policy.decide(sql, IDENTITY, dialect)
             cached = per_call(lambda: policy.decide(sql, IDENTITY, dialect), args.seconds)
+            texts = itertools.cycle([template.format(n) for n in range(1_000_000, 1_100_000)])
+
+            def new_literal() -> None:
+                policy.decide(next(texts), IDENTITY, dialect)
+
+            fresh = per_call(new_literal, args.seconds)
 
             def uncached() -> None:
                 classify.cache_clear()
                 policy.decide(sql, IDENTITY, dialect)
 
             cold = per_call(uncached, args.seconds)
-            print(f"{dialect:8} {label:9} {cached:10.2f} {cold:12.2f}")
-    print(f"\nroutine: {ROUTINE!r}\nrisky:   {RISKY!r}")
+            print(f"{dialect:8} {label:9} {cached:10.2f} {fresh:15.2f} {cold:12.2f}")
+    print(f"\nroutine: {ROUTINE.format(42)!r}\nrisky:   {RISKY.format(42)!r}")
 
 
 if __name__ == "__main__":
