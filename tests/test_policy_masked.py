@@ -352,3 +352,52 @@ def test_masked_literals_are_scanner_tokens(sql, expected):
 )
 def test_numbers_postgres_reads_otherwise_are_not_masked(sql):
     assert P._pg_mask(sql) is None
+
+
+# ---- condition (2): the classifier never reads an A_Const's value ---------------------------
+
+
+def _tree_categories(tree) -> list[tuple[str, ...]]:
+    out = []
+    for entry in tree.get("stmts", ()):
+        cats: set[str] = set()
+        P._pg_node_categories(entry["stmt"], cats)
+        P._pg_walk_dml(entry["stmt"], cats)
+        out.append(tuple(sorted(cats)))
+    return out
+
+
+def _with_other_values(obj, value):
+    if isinstance(obj, list):
+        return [_with_other_values(v, value) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if isinstance(obj.get("A_Const"), dict):
+        return {"A_Const": {**value, "location": obj["A_Const"].get("location", 0)}}
+    return {k: _with_other_values(v, value) for k, v in obj.items()}
+
+
+CONST_VALUES = [
+    {"ival": {"ival": 987654}},
+    {"ival": {}},
+    {"sval": {"sval": 'off'}},
+    {"sval": {"sval": '"DeleteStmt": {"ColumnRef": 1}; DROP TABLE x'}},
+    {"fval": {"fval": "0"}},
+    {"boolval": {}},
+    {"isnull": True},
+]
+
+
+@pytest.mark.parametrize("sql", PG_CASES + [fill(t, [("5", "'x'")] * 6) for t in TEMPLATES], ids=lambda s: s[:40])
+def test_classifier_ignores_a_const_values(sql):
+    import json
+
+    from pglast.parser import ParseError, parse_sql_json
+
+    try:
+        tree = json.loads(parse_sql_json(sql))
+    except ParseError:
+        return
+    want = _tree_categories(tree)
+    for value in CONST_VALUES:
+        assert _tree_categories(_with_other_values(tree, value)) == want, (sql, value)
