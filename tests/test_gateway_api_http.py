@@ -253,3 +253,14 @@ def test_the_api_and_the_tunnel_pick_the_same_proxy(monkeypatch):
         assert proxy_for(GatewayAddress(host, 8443, True)) == proxy_for_host(host)
     assert proxy_for_host("gw.example.com") == ("proxy.corp", 8080)
     assert proxy_for_host("gw.internal") is None
+
+
+def test_the_api_and_the_tunnel_share_one_verifying_tls_context(dev_tls):
+    from hoopcli.auth.http import tls_context
+    from hoopcli.tunnel import client_tls_context
+
+    ca = dev_tls[0]["ca"]
+    ctx = tls_context(ca)
+    assert client_tls_context(ca) is ctx and tls_context("") is tls_context("") and tls_context("") is not ctx
+    for c in (ctx, tls_context("")):
+        assert c.verify_mode == ssl.CERT_REQUIRED and c.check_hostname and c.minimum_version >= ssl.TLSVersion.TLSv1_2

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 from hoopcli.errors import ConfigError, NotLoggedIn, Unreachable
@@ -35,7 +36,16 @@ def require_safe_url(url: str, what: str) -> str:
 
 
 def tls_context(ca_file: str = ""):
-    """Certificate and host name verified: against `ca_file` when given, else the system store."""
+    """Certificate and host name verified: against `ca_file` when given, else the system store.
+
+    One context per CA choice and process, shared by the API call and the tunnel (an SSLContext
+    is safe to share between threads, and neither changes it): loading the system store takes
+    ~30 ms, which `hoop exec` would otherwise pay twice on every start."""
+    return _tls_context(ca_file)
+
+
+@lru_cache(maxsize=None)
+def _tls_context(ca_file: str):
     import ssl
 
     try:
