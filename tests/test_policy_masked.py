@@ -401,3 +401,31 @@ def test_classifier_ignores_a_const_values(sql):
     want = _tree_categories(tree)
     for value in CONST_VALUES:
         assert _tree_categories(_with_other_values(tree, value)) == want, (sql, value)
+
+
+# ---- the decision memo (Policy.decide, parts served from a cache) ---------------------------
+
+
+def test_memoized_decisions_follow_the_identity():
+    policy = Policy.from_config(EXAMPLE)  # agents need approval for DML; others do not
+    texts = [f"DELETE FROM t WHERE id = {n}" for n in range(3)] + ["DELETE FROM t WHERE id = $1"]
+    for _ in range(2):
+        for sql in texts:
+            for identity, action in (
+                (ALICE, "allow"),
+                (AGENT, "require_approval"),
+                (("bot-7", ["agents"]), "require_approval"),  # groups as a list
+                (("bot-7", frozenset()), "allow"),  # same subject, no group
+                (("alice", ("agents",)), "require_approval"),
+            ):
+                got = policy.decide(sql, identity, PG)
+                assert got.action == action, (sql, identity, got)
+                assert same(got, reference(policy, sql, identity))
+
+
+def test_the_memo_is_bounded_and_survives_cache_eviction():
+    policy = Policy(DEFAULT_RULES)
+    for n in range(P._MEMO_SIZE + P.CACHE_SIZE + 10):
+        sql = f"SELECT c{n} FROM t WHERE a = {n}" if n % 2 else f"DROP TABLE t{n}"
+        assert policy.decide(sql, ALICE, PG).action == ("allow" if n % 2 else "require_approval")
+    assert len(policy._memo) <= P._MEMO_SIZE

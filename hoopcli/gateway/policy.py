@@ -882,7 +882,8 @@ _MASKED: dict[str, tuple[StatementClass, ...] | None] = {}
 
 def _decide_parts(sql: str, dialect: str) -> tuple[StatementClass, ...]:
     """The parts `Policy.decide` judges: `_classify`, but served from the masked-literal cache
-    for PostgreSQL when it can be (see above); parts from there carry no text."""
+    for PostgreSQL when it can be (see above); parts from there carry no text. Parts that come
+    from a cache are the same tuple object every time (`Policy.decide` memoizes on that)."""
     if len(sql) <= CACHE_MAX_SQL and (dialect == "postgres" or dialect == "postgresql"):
         masked = _pg_mask(sql)
         if masked is not None:
@@ -904,9 +905,9 @@ def _pg_masked_miss(sql: str, key: str, spans: list[tuple[int, int, str]]) -> tu
     if len(_MASKED) >= CACHE_SIZE:
         del _MASKED[next(iter(_MASKED))]  # the oldest
     if _pg_literals_are_constants(sql, spans, consts):
-        _MASKED[key] = tuple(StatementClass("", part.categories) for part in parts)
-    else:
-        _MASKED[key] = None
+        entry = _MASKED[key] = tuple(StatementClass("", part.categories) for part in parts)
+        return entry
+    _MASKED[key] = None
     return tuple(parts)
 
 
@@ -940,6 +941,8 @@ class Rule:
 # statements, `do` and `dynamic_sql` are held too: a DO block or a PREPARE from a variable can
 # run any of the others out of sight.
 MAX_JUDGED_CHARS = 256 * 1024  # ~0.1 s of pglast; larger statements are not parsed on the relay
+
+_MEMO_SIZE = 1024  # decisions remembered per policy (per parts object and subject)
 
 DEFAULT_RULES: tuple[Rule, ...] = (
     Rule(
@@ -1009,6 +1012,9 @@ class Policy:
             for category in rule.match:
                 by_category.setdefault(category, []).append((index, rule))
         object.__setattr__(self, "_by_category", {k: tuple(v) for k, v in by_category.items()})
+        # (id(parts), sub) -> (parts, groups, Decision) for parts served from a cache. The entry
+        # holds the parts tuple itself, so its id cannot be reused while the entry exists.
+        object.__setattr__(self, "_memo", {})
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | str | None, where: str = "policy") -> Policy:
@@ -1069,10 +1075,24 @@ class Policy:
             parts = (_part(sql[:200], ("unparseable",), f"longer than {MAX_JUDGED_CHARS} characters"),)
         else:
             parts = _decide_parts(sql, dialect)
+        memo = None
         if "\ufffd" in sql:
             # The wire engine could not decode some bytes: what the server will make of them
             # is unknown, so the statement also counts as unparseable.
             parts = (*parts, _part(sql, ("unparseable",), "bytes that are not valid UTF-8"))
+        elif len(sql) <= CACHE_MAX_SQL:  # parts from a cache: the same object every time
+            memo = self._memo  # type: ignore[attr-defined]
+            known = memo.get((id(parts), sub))
+            if known is not None and known[0] is parts and known[1] == groups:
+                return known[2]
+        decision = self._judge(parts, sub, groups)
+        if memo is not None:
+            if len(memo) >= _MEMO_SIZE:
+                memo.clear()
+            memo[(id(parts), sub)] = (parts, groups, decision)
+        return decision
+
+    def _judge(self, parts: tuple[StatementClass, ...], sub: str, groups: Iterable[str]) -> Decision:
         if not parts:
             return Decision("allow", (), None, "empty statement")
         best: tuple[int, PolicyAction, int | None, str] | None = None
