@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import urlsplit
 
-from hoopcli.auth.http import proxy_for_host, tls_context
+from hoopcli.auth.http import proxy_for_host, require_single_line, tls_context
 from hoopcli.errors import ConfigError, Unreachable
 from hoopcli.netutil import LOOPBACK_HOSTS, new_event_loop, set_nodelay
 
@@ -170,7 +170,7 @@ class Tunnel:
     # ---- one gateway leg -------------------------------------------------------------
     async def open_leg(self) -> _HeadThenRelay:
         loop = asyncio.get_running_loop()
-        token = await loop.run_in_executor(None, self.token_source)
+        token = require_single_line(await loop.run_in_executor(None, self.token_source), "gateway")
         leg = await asyncio.wait_for(self._dial(), HANDSHAKE_TIMEOUT)
         request = (
             f"CONNECT {self.connection}:{self.port} HTTP/1.1\r\n"

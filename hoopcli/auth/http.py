@@ -87,6 +87,14 @@ class Response:
         return json.loads(self.body)
 
 
+def require_single_line(value: str, what: str) -> str:
+    """A header value (often a token) with no CR, LF or NUL: one that has them could add headers
+    of its own to the request. The value is never echoed."""
+    if "\r" in value or "\n" in value or "\0" in value:
+        raise NotLoggedIn(f"cannot send the request to the {what}: a header holds a line break", "Check that HOOP_TOKEN (or the stored token) is a single line.")
+    return value
+
+
 def fetch(method: str, url: str, *, what: str, ca_file: str = "", headers: dict | None = None, params: dict | None = None,
           json_body=None, timeout: tuple[float, float] = TIMEOUT) -> Response:
     """One request with the standard library: TLS verified (see `tls_context`), through the
@@ -104,9 +112,8 @@ def fetch(method: str, url: str, *, what: str, ca_file: str = "", headers: dict 
 
         target += ("&" if "?" in target else "?") + urlencode(params, doseq=True)
     head = {"User-Agent": "hoop", "Accept": "application/json", **(headers or {})}
-    if any(ch in str(value) for value in head.values() for ch in "\r\n\0"):
-        # Never echoed: the value may be a token. http.client would let a folded line through.
-        raise NotLoggedIn(f"cannot send the request to the {what}: a header holds a line break", "Check that HOOP_TOKEN (or the stored token) is a single line.")
+    for value in head.values():
+        require_single_line(str(value), what)
     body = None
     if json_body is not None:
         import json
