@@ -15,6 +15,7 @@ New approval requests are POSTed to the session's `approval_hook` receiver.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -249,15 +250,22 @@ def gateway(request, oidc_provider, pg_server, approval_hook):
 
 @pytest.fixture(scope="session")
 def tokens(oidc_provider):
-    """Real id_tokens from the test provider, one per person, made once per session."""
+    """Real id_tokens from the test provider, one per person, made again when the cached one
+    has less than two minutes left (they live 300 s; a slow run outlives them)."""
     cache: dict[str, str] = {}
 
     def get(login: str) -> str:
-        if login not in cache:
-            cache[login] = oidc_provider.device_login(login)["id_token"]
-        return cache[login]
+        token = cache.get(login)
+        if token is None or _expires_at(token) - time.time() < 120:
+            token = cache[login] = oidc_provider.device_login(login)["id_token"]
+        return token
 
     return get
+
+
+def _expires_at(token: str) -> float:
+    payload = token.split(".")[1]
+    return float(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["exp"])
 
 
 @pytest.fixture
