@@ -85,3 +85,21 @@ def test_the_writer_process_is_out_of_reach_of_the_terminals_ctrl_c(tmp_path):
     finally:
         assert writer.close()
     assert _wait(lambda: writer._process._proc.poll() is not None, 5)
+
+
+def test_close_gives_up_on_a_stuck_writer_process_in_time():
+    """A store that never answers (a black-hole PostgreSQL): the batches fill the pipe and the
+    sending thread blocks; close() must still return after its timeout, counting the loss."""
+    with socket.socket() as black_hole:
+        black_hole.bind(("127.0.0.1", 0))
+        black_hole.listen()
+        port = black_hole.getsockname()[1]
+        writer = AuditWriter.in_subprocess(f"postgresql://hoop@127.0.0.1:{port}/audit?connect_timeout=60", interval=0.01)
+        for i in range(5_000):  # far more than a pipe holds
+            writer.submit({"kind": "statement", "statement": f"select {i} -- " + "x" * 100})
+        time.sleep(0.5)
+        started = time.monotonic()
+        assert writer.close(timeout=1) is False
+        assert time.monotonic() - started < 8
+        assert writer.lost == 5_000
+        assert writer._process._proc.poll() is not None

@@ -76,10 +76,12 @@ class WriterProcess:
             "initial_backoff": initial_backoff,
             "max_backoff": max_backoff,
         }
-        self._lock = threading.Lock()  # one writer of the pipe; the in-flight list matches what was sent
+        # A write blocks while the process is busy with the batch before (a batch is larger
+        # than the pipe), so the pipe has its own lock and answers never wait for it.
+        self._send_lock = threading.Lock()
+        self._inflight_lock = threading.Lock()
         self._inflight: deque[list[dict]] = deque()  # sent, not yet acknowledged, oldest first
         self._proc: subprocess.Popen | None = None
-        self._answers = None
         self._closing = False
         self._on_stored: Callable = lambda count, export_errors: None
         self._on_failure: Callable = lambda failures, error: None
@@ -90,14 +92,14 @@ class WriterProcess:
 
     def start(self, on_stored: Callable[[int, int], None], on_failure: Callable[[int, str], None]) -> None:
         self._on_stored, self._on_failure = on_stored, on_failure
-        with self._lock:
+        with self._send_lock:
             self._spawn()
 
     def _spawn(self) -> None:
-        """Start a process and send it the config and every unacknowledged batch (lock held)."""
+        """Start a process; send it the config and every unacknowledged batch (send lock held)."""
         answers_r, answers_w = os.pipe()
         try:
-            self._proc = subprocess.Popen(
+            proc = subprocess.Popen(
                 [sys.executable, "-m", "hoopcli.gateway.audit.process", str(answers_w)],
                 stdin=subprocess.PIPE,
                 pass_fds=(answers_w,),
@@ -105,36 +107,43 @@ class WriterProcess:
             )
         finally:
             os.close(answers_w)
-        self._answers = os.fdopen(answers_r, "rb")
-        self._reader = threading.Thread(target=self._read_answers, args=(self._proc, self._answers),
+        self._proc = proc
+        self._reader = threading.Thread(target=self._read_answers, args=(proc, os.fdopen(answers_r, "rb")),
                                         name="hoop-audit-answers", daemon=True)
         self._reader.start()
+        with self._inflight_lock:
+            unacknowledged = list(self._inflight)
         try:
-            write_frame(self._proc.stdin, self.config)
-            for batch in self._inflight:
-                self._write(batch)
-        except OSError:
+            write_frame(proc.stdin, self.config)
+            for batch in unacknowledged:
+                self._write(proc, batch)
+        except (OSError, ValueError):
             pass  # it died already: its reader thread sees that and starts another
 
     def send(self, batch: list[dict]) -> None:
-        with self._lock:
-            self._inflight.append(batch)
+        with self._send_lock:
+            with self._inflight_lock:
+                self._inflight.append(batch)
             try:
-                self._write(batch)
-            except OSError:
+                self._write(self._proc, batch)
+            except (OSError, ValueError):  # ValueError: its pipe was closed by stop()
                 pass  # the process is gone; the batch stays in flight and goes to the next one
 
-    def _write(self, batch: list[dict]) -> None:
+    @staticmethod
+    def _write(proc: subprocess.Popen, batch: list[dict]) -> None:
         try:
             data = pickle.dumps(("batch", batch), protocol=5)
         except Exception:
             data = pickle.dumps(("batch", _picklable(batch)), protocol=5)
-        _write_data(self._proc.stdin, data)
+        _write_data(proc.stdin, data)
 
     def stop(self, graceful: bool = True, timeout: float = 30.0) -> None:
-        """Ask the process to finish (graceful) or kill it; wait for it either way."""
-        with self._lock:
-            self._closing = True
+        """Ask the process to finish (graceful: everything sent was acknowledged) or kill it
+        (a write blocked on a stuck process then fails and lets go); wait for it either way."""
+        self._closing = True
+        if not graceful and self._proc is not None:
+            self._proc.kill()
+        with self._send_lock:  # after this no restart can start another process
             proc = self._proc
         if proc is None:
             return
@@ -145,34 +154,33 @@ class WriterProcess:
         except OSError:
             pass
         try:
-            proc.wait(timeout if graceful else 0.01)
+            proc.wait(timeout if graceful else 5)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
         if self._reader is not None:
             self._reader.join(5)
 
-    @property
-    def alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     # ---- answers ---------------------------------------------------------------------
 
     def _read_answers(self, proc: subprocess.Popen, answers: BinaryIO) -> None:
+        reported = ""
         with answers:
             while (message := self._read(answers)) is not None:
                 if message[0] == "stored":
-                    with self._lock:
+                    with self._inflight_lock:
                         if self._inflight:
                             self._inflight.popleft()
                     self._on_stored(message[1], message[2])
                 elif message[0] == "failed":
-                    self._on_failure(message[1], message[2])
+                    reported = message[2]
+                    self._on_failure(message[1], reported)
         code = proc.wait()
         if self._closing:
             return
-        self._on_failure(self.restarts + 1, f"the audit writer process exited (code {code})")
-        log.error("audit writer process exited with code %s; starting another", code)
+        error = f"the audit writer process exited (code {code})" + (f" after: {reported}" if reported else "")
+        self._on_failure(self.restarts + 1, error)
+        log.error("%s; starting another", error)
         self._restart()
 
     @staticmethod
@@ -185,15 +193,14 @@ class WriterProcess:
     def _restart(self) -> None:
         first, longest = RESTART_BACKOFF
         time.sleep(min(longest, first * 2 ** min(self.restarts, 10)))
-        with self._lock:
+        with self._send_lock:
             if self._closing:
                 return
             self.restarts += 1
-            if self._proc is not None and self._proc.stdin is not None:
-                try:
-                    self._proc.stdin.close()
-                except OSError:
-                    pass
+            try:
+                self._proc.stdin.close()
+            except OSError:
+                pass
             self._spawn()
 
 

@@ -251,11 +251,13 @@ class AuditWriter:
             log.error("audit writer: %s", self.last_error)
         self._abandon.set()
         self._wake.set()
+        if self._process is not None and not ok:
+            self._process.stop(graceful=False)  # first: a send blocked on a stuck process fails
         self._thread.join(timeout=10)
-        if self._process is not None:
-            self._process.stop(graceful=ok)
-        else:
+        if self._process is None:
             self._storer.close_exporters()
+        elif ok:
+            self._process.stop(graceful=True)
         return ok
 
     def __enter__(self):
@@ -303,6 +305,8 @@ class AuditWriter:
                     self._wake.wait(self.interval)  # sent already: the process's answer ends the wait
                 continue
             if self._process is not None:
+                if self._abandon.is_set():  # close() gave up on the process: these are lost
+                    return
                 self._process.send(batch)
                 continue
             stored = self._storer.store_batch(batch)
