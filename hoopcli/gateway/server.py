@@ -51,9 +51,9 @@ def new_session_id() -> str:
 class SessionRecorder:
     """Turns one session's engine events into audit records (statement, outcome, timing).
 
-    Hot path: one StatementStarted and one outcome per statement. The outcome's record is
-    one copy of a prepared dict plus the statement's own fields; the timestamps stay floats
-    (the audit writer formats them off the event loop).
+    Hot path: one StatementStarted and one outcome per statement. The outcome's record is a
+    statement tuple (audit/record.py): the session's checked fields once, the statement's
+    own values raw (the audit writer formats and normalizes them off the event loop).
     """
 
     __slots__ = ("submit", "enqueue", "base", "pending", "db_user", "database", "statements", "error", "_stmt")
@@ -71,7 +71,7 @@ class SessionRecorder:
 
     def _statement_base(self) -> dict:
         base = {**self.base, "kind": "statement", "db_user": self.db_user, "database": self.database}
-        check(base)  # once per session: each statement's record is a copy, enqueued unchecked
+        check(base)  # once per session: its statements are enqueued unchecked
         return base
 
     def handle(self, events) -> None:
@@ -99,16 +99,8 @@ class SessionRecorder:
         event, started, t0 = self.pending.popleft()
         duration = (_clock() - t0) * 1000  # rounded to the microsecond off the event loop (normalize)
         self.statements += 1
-        rec = self._stmt.copy()
-        rec["ts"] = rec["started_at"] = started
-        rec["statement"] = event.text
-        rec["duration_ms"] = duration
-        rec["outcome"] = outcome
-        rec["tag"] = tag
-        rec["code"] = code
-        rec["message"] = message
-        rec["details"] = _KIND_DETAILS[event.kind] if event.params is None else {"kind": event.kind, "params": list(event.params)}
-        self.enqueue(rec)
+        details = _KIND_DETAILS[event.kind] if event.params is None else {"kind": event.kind, "params": list(event.params)}
+        self.enqueue((self._stmt, started, event.text, duration, outcome, tag, code, message, details))
 
     def _finish(self, outcome: str, tag=None, code=None, message=None) -> None:
         if self.pending:

@@ -59,11 +59,12 @@ def read_frame(inp: BinaryIO) -> Any:
     return pickle.loads(data)
 
 
-def _picklable(batch: list[dict]) -> list[dict]:
+def _picklable(batch: list) -> list[dict]:
     """Records whose details hold something pickle refuses are sent as their JSON form."""
-    from .record import jsonable
+    from .record import jsonable, statement_record
 
-    return [{k: jsonable(v) for k, v in record.items()} for record in batch]
+    records = (statement_record(r) if type(r) is tuple else r for r in batch)
+    return [{k: jsonable(v) for k, v in record.items()} for record in records]
 
 
 class WriterProcess:

@@ -31,7 +31,7 @@ from collections import deque
 from typing import Callable, Iterable
 
 from .masking import mask_sql_secrets
-from .record import check, normalize
+from .record import StatementNormalizer, check, normalize, statement_record
 
 log = logging.getLogger("hoopcli.audit")
 
@@ -40,9 +40,15 @@ STALL_SECONDS = 10.0  # records waiting this long with no append finishing: the 
 MAX_BACKLOG = 200_000  # records queued but not stored before the writer reports unhealthy
 
 
-def prepare(record: dict) -> dict:
+def prepare(record: dict | tuple, statements: StatementNormalizer | None = None) -> dict:
     """Normalize, never raise: a record that cannot be kept as given is kept as best we can.
-    Passwords written inside SQL are masked here, off the event loop."""
+    Passwords written inside SQL are masked here, off the event loop. A statement tuple
+    (record.py) is normalized by `statements`, one per batch."""
+    if type(record) is tuple:
+        try:
+            return (statements or StatementNormalizer())(record, mask_sql_secrets)
+        except Exception:
+            record = statement_record(record)
     statement = record.get("statement")
     if isinstance(statement, str):
         record = dict(record, statement=mask_sql_secrets(statement))
@@ -89,7 +95,8 @@ class BatchStorer:
 
     def store_batch(self, records: list[dict]) -> list[dict] | None:
         """The stored records, or None when abandoned before the store took them."""
-        batch = [prepare(r) for r in records]
+        statements = StatementNormalizer()
+        batch = [prepare(r, statements) for r in records]
         while True:
             try:
                 stored = self._append(batch)
@@ -182,9 +189,9 @@ class AuditWriter:
             record["ts"] = time.time()  # when it happened; formatted off the hot path
         return self.enqueue(record)
 
-    def enqueue(self, record: dict) -> int:
+    def enqueue(self, record: dict | tuple) -> int:
         """submit() without the checks and the copy, for a record its caller built afresh from
-        known fields with `ts` set (the session recorder's statement records)."""
+        known fields with `ts` set, or a statement tuple (record.py) of a checked session."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("the audit writer is closed")

@@ -1,0 +1,109 @@
+"""The statement tuple the session recorder enqueues, and the writer's fast ways through it.
+
+The recorder hands statements over as tuples and the writer normalizes and hashes the common
+case without the general path. These tests hold the fast paths to the general ones: the same
+record, the same canonical bytes, the same hash, for any text, timestamp, duration or details
+hypothesis can think of (a mismatch would be a broken chain or a changed record).
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hoopcli.gateway.audit import GENESIS, canonical, normalize, record_hash
+from hoopcli.gateway.audit.chain import _canonical_normalized, link, verify_records
+from hoopcli.gateway.audit.masking import mask_sql_secrets
+from hoopcli.gateway.audit.record import StatementNormalizer, statement_record
+from hoopcli.gateway.audit.writer import BatchStorer, prepare
+from hoopcli.gateway.protocols.base import SessionStarted, StatementFailed, StatementFinished, StatementStarted
+from hoopcli.gateway.server import SessionRecorder
+
+SESSION_TEXT = st.one_of(st.none(), st.text(max_size=12), st.sampled_from(["alice", "app-db", "ålice", "x\x00y"]))
+TEXT = st.one_of(st.text(max_size=40), st.sampled_from(["select 1", "ALTER ROLE a PASSWORD 'pw'", "é", "\x00", "\udcff"]))
+MAYBE_TEXT = st.one_of(st.none(), TEXT)
+DETAILS = st.one_of(
+    st.fixed_dictionaries({"kind": st.sampled_from(["query", "execute", "copy"])}),
+    st.fixed_dictionaries({"kind": st.just("execute"), "params": st.lists(st.one_of(st.none(), TEXT), max_size=3)}),
+    st.dictionaries(TEXT, TEXT, max_size=3),
+)
+STARTED = st.one_of(
+    st.floats(min_value=0, max_value=4e9, allow_nan=False),
+    st.sampled_from([1714564800.9999996, 0.0, 253402300799.5, -1.0, math.inf, math.nan]),
+    st.integers(0, 2**32),
+)
+DURATION = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 5), st.just(0.0004999))
+
+
+def _session(sub, connection, db_user, database) -> dict:
+    return {"session_id": "0123456789abcdef", "connection": connection, "sub": sub, "email": "a@example.com",
+            "issuer": "https://idp.example", "kind": "statement", "db_user": db_user, "database": database}
+
+
+@settings(max_examples=400, deadline=None)
+@given(SESSION_TEXT, SESSION_TEXT, SESSION_TEXT, SESSION_TEXT, STARTED, TEXT, DURATION,
+       st.sampled_from(["ok", "error", "é"]), MAYBE_TEXT, MAYBE_TEXT, MAYBE_TEXT, DETAILS)
+def test_a_statement_tuple_prepares_to_what_its_record_would(sub, connection, db_user, database, started, text,
+                                                             duration, outcome, tag, code, message, details):
+    item = (_session(sub, connection, db_user, database), started, text, duration, outcome, tag, code, message, details)
+    fast = prepare(item, StatementNormalizer())
+    general = prepare(statement_record(item))
+    if "audit_error" in (general["details"] or {}):  # a timestamp it could not keep: both use "now"
+        fast["ts"] = general["ts"]
+    assert fast == general
+    # ... and hashes as the general encoder says (the fast canonical form is used by link)
+    linked = link([fast], 41, GENESIS)[0]
+    assert _canonical_normalized(linked) == canonical(linked)
+    assert linked["hash"] == record_hash(linked)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(SESSION_TEXT, TEXT, MAYBE_TEXT, DURATION), min_size=1, max_size=5))
+def test_records_linked_the_fast_way_verify(rows):
+    records = [normalize({"kind": "statement", "ts": 1714564800.25, "sub": sub, "statement": text, "tag": tag,
+                          "duration_ms": duration, "details": {"n": i, "t": [text]}})
+               for i, (sub, text, tag, duration) in enumerate(rows)]
+    chain = link(records, 0, GENESIS)
+    assert all(r["hash"] == record_hash(r) for r in chain)
+    assert verify_records(chain).ok
+
+
+def test_a_value_normalize_never_leaves_falls_back_to_the_general_encoder():
+    record = link([normalize({"kind": "statement", "ts": 0.0})], 0, GENESIS)[0]
+    for field, value in (("duration_ms", math.inf), ("duration_ms", 3), ("seq", True), ("details", [1])):
+        bad = dict(record, **{field: value})
+        try:
+            _canonical_normalized(bad)
+        except TypeError:
+            continue
+        raise AssertionError(f"{field}={value!r} took the fast encoder")
+
+
+def test_the_recorder_enqueues_a_tuple_the_writer_stores_as_the_full_record():
+    queued: list = []
+    recorder = SessionRecorder(queued.append, {"session_id": "s1", "connection": "app-db", "sub": "alice",
+                                               "email": "a@example.com", "issuer": "https://idp"}, queued.append)
+    recorder.handle([SessionStarted("app_user", "app")])
+    recorder.handle([StatementStarted("select 1"), StatementFinished("SELECT 1")])
+    recorder.handle([StatementStarted("ALTER ROLE x PASSWORD 'hunter2'", kind="query"), StatementFailed("42501", "denied")])
+    assert [type(item) for item in queued] == [tuple, tuple]
+    batch = pickle.loads(pickle.dumps(queued, protocol=5))  # as the writer process receives it
+
+    class Store:
+        def append_normalized(self, records):
+            return link(records, 0, GENESIS)
+
+        append = append_normalized
+
+    stored = BatchStorer(Store()).store_batch(batch)
+    first, second = stored
+    assert first["kind"] == "statement" and first["sub"] == "alice" and first["db_user"] == "app_user"
+    assert first["database"] == "app" and first["statement"] == "select 1" and first["tag"] == "SELECT 1"
+    assert first["outcome"] == "ok" and first["ts"] == first["started_at"] and first["ts"].endswith("Z")
+    assert first["details"] == {"kind": "query"} and isinstance(first["duration_ms"], float)
+    assert second["outcome"] == "error" and second["code"] == "42501" and second["message"] == "denied"
+    assert "hunter2" not in second["statement"] and second["statement"] == mask_sql_secrets("ALTER ROLE x PASSWORD 'hunter2'")
+    assert verify_records(stored).ok
