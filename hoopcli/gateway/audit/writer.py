@@ -8,7 +8,7 @@ append under a lock — no I/O, no hashing. A background thread takes batches (u
   export). Used when the caller owns a store object (tests, embedding).
 - `AuditWriter.in_subprocess(store_url)`: the gateway's mode. The batches go, pickled, to a
   writer process (`audit/process.py`) that owns the store. Normalizing, hashing and SQLite
-  inserts cost ~20 µs of CPU per statement; in the gateway's own process that work held the
+  inserts cost ~14 µs of CPU per statement; in the gateway's own process that work held the
   GIL in bursts of milliseconds and stalled every relayed session behind it (pgbench -S -c 8
   through the gateway, recording on ÷ off: ~0.47 with the thread, ~0.65 with the process,
   measured side by side; bench/RESULTS.md).
