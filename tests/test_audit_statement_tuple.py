@@ -49,7 +49,7 @@ def _session(sub, connection, db_user, database) -> dict:
 def test_a_statement_tuple_prepares_to_what_its_record_would(sub, connection, db_user, database, started, text,
                                                              duration, outcome, tag, code, message, details):
     item = (_session(sub, connection, db_user, database), started, text, duration, outcome, tag, code, message, details)
-    fast = prepare(item, StatementNormalizer())
+    fast = prepare(item, StatementNormalizer(mask_sql_secrets))
     general = prepare(statement_record(item))
     if "audit_error" in (general["details"] or {}):  # a timestamp it could not keep: both use "now"
         fast["ts"] = general["ts"]
@@ -91,6 +91,9 @@ def test_the_recorder_enqueues_a_tuple_the_writer_stores_as_the_full_record():
     recorder.handle([StatementStarted("ALTER ROLE x PASSWORD 'hunter2'", kind="query"), StatementFailed("42501", "denied")])
     assert [type(item) for item in queued] == [tuple, tuple]
     batch = pickle.loads(pickle.dumps(queued, protocol=5))  # as the writer process receives it
+    normalizer = StatementNormalizer(mask_sql_secrets)
+    assert normalizer(batch[0]) is not None  # the common case takes the fast path
+    assert normalizer(batch[1]) is None  # an error's code and message: the general one
 
     class Store:
         def append_normalized(self, records):

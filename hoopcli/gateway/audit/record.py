@@ -241,18 +241,19 @@ def statement_record(item: tuple) -> dict:
 class StatementNormalizer:
     """normalize(statement_record(item)) for one batch, the common case without the dict
     round trip: each session's fields are normalized once per batch (the batch holds its
-    session dicts, so their ids are stable while it lives); anything unusual (non-ASCII or
-    NUL text, an odd timestamp or type) takes the general path and comes out the same."""
+    session dicts, so their ids are stable while it lives). Anything unusual (non-ASCII or
+    NUL text, an odd timestamp or type, an error's code and message) gets None: the caller
+    takes the general path, which comes out the same (tests/test_audit_statement_tuple.py)."""
 
-    __slots__ = ("_sessions",)
+    __slots__ = ("_mask", "_sessions")
 
-    def __init__(self) -> None:
+    def __init__(self, mask) -> None:
+        self._mask = mask  # the statement's secrets masked (audit/masking.py)
         self._sessions: dict[int, tuple[dict, dict]] = {}
 
-    def __call__(self, item: tuple, mask) -> dict:
+    def __call__(self, item: tuple) -> dict | None:
         session, started, statement, duration, outcome, tag, code, message, details = item
-        template = self._template(session)
-        if (
+        if not (
             type(started) is float
             and 0 <= started < 253402300800.0
             and type(duration) is float
@@ -264,21 +265,21 @@ class StatementNormalizer:
             and message is None
             and type(details) is dict
         ):
-            texts = statement + outcome + tag if tag is not None else statement + outcome
-            if texts.isascii() and "\x00" not in texts:
-                flat = _flat_ascii(details)
-                if flat is not None:
-                    out = template.copy()
-                    out["ts"] = out["started_at"] = _format_unix(started)
-                    out["statement"] = mask(statement)
-                    out["duration_ms"] = round(duration, 3)
-                    out["outcome"] = outcome
-                    out["tag"] = tag
-                    out["details"] = flat
-                    return out
-        record = statement_record(item)
-        record["statement"] = mask(statement) if type(statement) is str else statement
-        return normalize(record)
+            return None
+        texts = statement + outcome + tag if tag is not None else statement + outcome
+        if not texts.isascii() or "\x00" in texts:
+            return None
+        flat = _flat_ascii(details)
+        if flat is None:
+            return None
+        out = self._template(session).copy()
+        out["ts"] = out["started_at"] = _format_unix(started)
+        out["statement"] = self._mask(statement)
+        out["duration_ms"] = round(duration, 3)
+        out["outcome"] = outcome
+        out["tag"] = tag
+        out["details"] = flat
+        return out
 
     def _template(self, session: dict) -> dict:
         key = id(session)

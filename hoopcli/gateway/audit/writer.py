@@ -46,9 +46,12 @@ def prepare(record: dict | tuple, statements: StatementNormalizer | None = None)
     (record.py) is normalized by `statements`, one per batch."""
     if type(record) is tuple:
         try:
-            return (statements or StatementNormalizer())(record, mask_sql_secrets)
-        except Exception:
-            record = statement_record(record)
+            fast = (statements or StatementNormalizer(mask_sql_secrets))(record)
+        except Exception:  # e.g. a session field normalize() refuses: the general path says why
+            fast = None
+        if fast is not None:
+            return fast
+        record = statement_record(record)
     statement = record.get("statement")
     if isinstance(statement, str):
         record = dict(record, statement=mask_sql_secrets(statement))
@@ -95,7 +98,7 @@ class BatchStorer:
 
     def store_batch(self, records: list[dict]) -> list[dict] | None:
         """The stored records, or None when abandoned before the store took them."""
-        statements = StatementNormalizer()
+        statements = StatementNormalizer(mask_sql_secrets)
         batch = [prepare(r, statements) for r in records]
         while True:
             try:
