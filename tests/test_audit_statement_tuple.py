@@ -110,3 +110,21 @@ def test_the_recorder_enqueues_a_tuple_the_writer_stores_as_the_full_record():
     assert second["outcome"] == "error" and second["code"] == "42501" and second["message"] == "denied"
     assert "hunter2" not in second["statement"] and second["statement"] == mask_sql_secrets("ALTER ROLE x PASSWORD 'hunter2'")
     assert verify_records(stored).ok
+
+
+def test_a_session_dict_carrying_code_or_message_does_not_leak_them_into_its_statements():
+    session = dict(_session("alice", "app-db", "app", "app"), code="X", message="m")
+    item = (session, 1714564800.25, "select 1", 0.5, "ok", "SELECT 1", None, None, {"kind": "query"})
+    fast = StatementNormalizer(mask_sql_secrets)(item)
+    assert fast is not None and fast["code"] is None and fast["message"] is None
+    assert fast == prepare(statement_record(item))
+
+
+def test_a_negative_zero_duration_is_stored_as_zero_and_still_verifies(tmp_path):
+    from hoopcli.gateway.audit.sqlite import SQLiteStore
+
+    record = normalize({"kind": "session_end", "ts": 1714564800.0, "duration_ms": -0.0001})
+    assert math.copysign(1, record["duration_ms"]) == 1  # SQLite would read -0.0 back as 0.0
+    with SQLiteStore(tmp_path / "audit.db") as store:
+        store.append([{"kind": "session_end", "ts": 1714564800.0, "duration_ms": -0.0001}])
+        assert store.verify().ok

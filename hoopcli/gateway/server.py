@@ -58,9 +58,9 @@ class SessionRecorder:
 
     __slots__ = ("submit", "enqueue", "base", "pending", "db_user", "database", "statements", "error", "_stmt")
 
-    def __init__(self, submit, base: dict, enqueue=None):
-        self.submit = submit
-        self.enqueue = enqueue or submit  # for records built here from checked fields
+    def __init__(self, submit, base: dict, enqueue):
+        self.submit = submit  # for records built here from any fields (checked on the way in)
+        self.enqueue = enqueue  # for statement tuples of this checked session (AuditWriter.enqueue)
         self.base = base
         self.pending: deque = deque()
         self.db_user = None

@@ -86,12 +86,19 @@ def _canonical_normalized(r: dict) -> bytes:
     ).encode("utf-8")
 
 
-def _linked_hash(record: dict, prev: str) -> str:
+# The fields _canonical_normalized writes out by hand: a field added to FIELDS must be added
+# there too, or every new record would hash without it.
+if _HASHED_SORTED != ("code", "connection", "database", "db_user", "details", "duration_ms", "email", "issuer", "kind",
+                      "message", "outcome", "prev_hash", "seq", "session_id", "started_at", "statement", "sub", "tag", "ts"):
+    raise ImportError("audit record fields changed: update chain._canonical_normalized")
+
+
+def _linked_hash(record: dict, prev: str | None) -> str:
     try:
         body = _canonical_normalized(record)
     except (TypeError, KeyError):
         body = canonical(record)
-    return hashlib.sha256(prev.encode("ascii", "replace") + body).hexdigest()
+    return hashlib.sha256((prev or "").encode("ascii", "replace") + body).hexdigest()
 
 
 def link(records: Iterable[dict], head_seq: int, head_hash: str) -> list[dict]:

@@ -193,7 +193,7 @@ def normalize(record: dict) -> dict:
         # The recorder gives a statement's start as its ts (one float): format it once.
         out["started_at"] = out["ts"] if started is ts else format_ts(started)
     if out["duration_ms"] is not None:
-        duration = round(float(out["duration_ms"]), 3)  # to the microsecond
+        duration = round(float(out["duration_ms"]), 3) + 0.0  # to the microsecond; + 0.0: no -0.0, which SQLite stores as 0.0
         out["duration_ms"] = duration if math.isfinite(duration) else None
     details = out["details"]
     if details is not None:
@@ -275,16 +275,17 @@ class StatementNormalizer:
         out = self._template(session).copy()
         out["ts"] = out["started_at"] = _format_unix(started)
         out["statement"] = self._mask(statement)
-        out["duration_ms"] = round(duration, 3)
+        out["duration_ms"] = round(duration, 3) + 0.0
         out["outcome"] = outcome
         out["tag"] = tag
+        out["code"] = out["message"] = None
         out["details"] = flat
         return out
 
     def _template(self, session: dict) -> dict:
-        key = id(session)
+        key = id(session)  # unique while this normalizer holds the session (known[0])
         known = self._sessions.get(key)
-        if known is not None and known[0] is session:
+        if known is not None:
             return known[1]
         template = normalize({**session, "ts": 0.0})
         template["ts"] = None
