@@ -70,6 +70,7 @@ def _is_number(text: str) -> bool:
 # The last whole second formatted and its text, replaced as one tuple so that threads
 # formatting at once never pair one second with another's text.
 _ts_cache: tuple[float | None, str] = (None, "")
+_UNIX_MAX = 253402300800.0  # 10000-01-01: _format_unix takes Unix seconds in [0, _UNIX_MAX)
 
 
 def _format_unix(value: float) -> str:
@@ -93,7 +94,7 @@ def format_ts(value: Any) -> str:
 
     Accepts a datetime (naive = UTC), an RFC 3339 / ISO 8601 string, or Unix seconds
     (a number or a numeric string)."""
-    if type(value) is float and 0 <= value < 253402300800.0 and math.isfinite(value):
+    if type(value) is float and 0 <= value < _UNIX_MAX and math.isfinite(value):
         return _format_unix(value)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         dt = datetime.fromtimestamp(value, tz=timezone.utc)
@@ -255,7 +256,7 @@ class StatementNormalizer:
         session, started, statement, duration, outcome, tag, code, message, details = item
         if not (
             type(started) is float
-            and 0 <= started < 253402300800.0
+            and 0 <= started < _UNIX_MAX
             and type(duration) is float
             and math.isfinite(duration)
             and type(statement) is str

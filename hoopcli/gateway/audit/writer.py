@@ -43,12 +43,14 @@ MAX_BACKLOG = 200_000  # records queued but not stored before the writer reports
 def prepare(record: dict | tuple, statements: StatementNormalizer | None = None) -> dict:
     """Normalize, never raise: a record that cannot be kept as given is kept as best we can.
     Passwords written inside SQL are masked here, off the event loop. A statement tuple
-    (record.py) is normalized by `statements`, one per batch."""
+    (record.py) takes the fast way through `statements` (one per batch) when it can."""
     if type(record) is tuple:
-        try:
-            fast = (statements or StatementNormalizer(mask_sql_secrets))(record)
-        except Exception:  # e.g. a session field normalize() refuses: the general path says why
-            fast = None
+        fast = None
+        if statements is not None:
+            try:
+                fast = statements(record)
+            except Exception:  # e.g. a session field normalize() refuses: the general path says why
+                pass
         if fast is not None:
             return fast
         record = statement_record(record)
