@@ -15,9 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hoopcli.gateway.audit import GENESIS, canonical, normalize, record_hash
-from hoopcli.gateway.audit.chain import _canonical_normalized, link, verify_records
+from hoopcli.gateway.audit.chain import Preencoded, _canonical_normalized, link, verify_records
 from hoopcli.gateway.audit.masking import mask_sql_secrets
-from hoopcli.gateway.audit.record import StatementNormalizer, statement_record
+from hoopcli.gateway.audit.store import to_row
+from hoopcli.gateway.audit.statements import StatementNormalizer, statement_record
 from hoopcli.gateway.audit.writer import BatchStorer, prepare
 from hoopcli.gateway.protocols.base import SessionStarted, StatementFailed, StatementFinished, StatementStarted
 from hoopcli.gateway.server import SessionRecorder
@@ -54,10 +55,34 @@ def test_a_statement_tuple_prepares_to_what_its_record_would(sub, connection, db
     if "audit_error" in (general["details"] or {}):  # a timestamp it could not keep: both use "now"
         fast["ts"] = general["ts"]
     assert fast == general
-    # ... and hashes as the general encoder says (the fast canonical form is used by link)
+    # ... and hashes and is stored as the general path would (link and to_row use the
+    # pre-encoded text of a fast record, the field-by-field encoders otherwise)
     linked = link([fast], 41, GENESIS)[0]
     assert _canonical_normalized(linked) == canonical(linked)
     assert linked["hash"] == record_hash(linked)
+    assert to_row(linked) == to_row(dict(linked))
+    assert link([general], 41, GENESIS)[0]["hash"] == linked["hash"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), TEXT, DURATION, st.sampled_from(["ok", "error"]), MAYBE_TEXT,
+                          st.booleans()), min_size=1, max_size=8),
+       st.sampled_from([GENESIS, "f" * 64, 'odd "head" \\ é', None]))
+def test_a_batch_links_and_rows_the_same_either_way(statements, head):
+    """A batch as the writer process receives it (sessions and the shared details dict are one
+    object each after pickle) against the same records made one by one the general way."""
+    sessions = [_session(f"user{i}", "app-db", "app", "app") for i in range(3)]
+    shared = {"kind": "query"}
+    items = [(sessions[s], 1714564800.0 + i / 7, text, duration, outcome, tag, None, None,
+              shared if same else {"kind": "execute", "params": [text, None]})
+             for i, (s, text, duration, outcome, tag, same) in enumerate(statements)]
+    batch = pickle.loads(pickle.dumps(items, protocol=5))
+    normalizer = StatementNormalizer(mask_sql_secrets)
+    fast = link([prepare(item, normalizer) for item in batch], 7, head)
+    general = link([prepare(statement_record(item)) for item in items], 7, head)
+    assert [r["hash"] for r in fast] == [r["hash"] for r in general]
+    assert [to_row(r) for r in fast] == [to_row(r) for r in general]
+    assert fast == general
 
 
 @settings(max_examples=300, deadline=None)
@@ -128,3 +153,23 @@ def test_a_negative_zero_duration_is_stored_as_zero_and_still_verifies(tmp_path)
     with SQLiteStore(tmp_path / "audit.db") as store:
         store.append([{"kind": "session_end", "ts": 1714564800.0, "duration_ms": -0.0001}])
         assert store.verify().ok
+
+
+def test_the_writer_stores_fast_records_as_the_general_path_would(tmp_path):
+    """Through a real SQLite store: the rows the fast path inserts read back, hash and verify
+    exactly as the same statements stored the general way."""
+    from hoopcli.gateway.audit.sqlite import SQLiteStore
+
+    shared = {"kind": "query"}
+    sessions = [_session(f"user{i}", "app-db", "app", "app") for i in range(2)]
+    items = [(sessions[i % 2], 1714564800.0 + i / 3, f"select {i}", 0.25 * i, "ok", "SELECT 1", None, None, shared)
+             for i in range(20)]
+    items.append((sessions[0], 1714564810.0, "select 'é'", 1.0, "ok", "SELECT 1", None, None, shared))  # general
+    batch = pickle.loads(pickle.dumps(items, protocol=5))
+    normalizer = StatementNormalizer(mask_sql_secrets)
+    assert [type(normalizer(item)) for item in batch] == [Preencoded] * 20 + [type(None)]
+    with SQLiteStore(tmp_path / "fast.db") as fast, SQLiteStore(tmp_path / "general.db") as general:
+        BatchStorer(fast).store_batch(batch)
+        general.append([statement_record(item) for item in items])
+        assert fast.query() == general.query()
+        assert fast.verify().ok and fast.verify().checked == 21

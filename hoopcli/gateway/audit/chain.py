@@ -40,6 +40,19 @@ def sorted_json_encoder(item_separator: str, key_separator: str) -> Callable[[An
 
 
 _ENCODE = sorted_json_encoder(",", ":")  # the canonical form
+encode_canonical = _ENCODE  # a value's canonical JSON text
+
+
+class Preencoded(dict):
+    """A normalized record that also carries its canonical text and its stored row, all but
+    the three fields the store assigns (seq, prev_hash, hash): made by the writer's statement
+    fast path (audit/statements.py), so that link() and to_row() need not encode it again.
+
+    canonical(record) == canonical_head + '"prev_hash":…,"seq":…' + canonical_tail, and
+    to_row(record) == (seq, *row_values, prev_hash, hash). Valid only while its other fields
+    stay as made: link() fills in the three in place instead of copying the record."""
+
+    __slots__ = ("canonical_head", "canonical_tail", "row_values")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +76,9 @@ def record_hash(record: dict) -> str:
 
 def _text(value) -> str:
     return "null" if value is None else c_encode_basestring(value)  # TypeError unless str
+
+
+encode_text = _text  # a text field's (or None's) canonical JSON
 
 
 def _canonical_normalized(r: dict) -> bytes:
@@ -107,6 +123,13 @@ def link(records: Iterable[dict], head_seq: int, head_hash: str) -> list[dict]:
     seq, prev = head_seq, head_hash
     for record in records:
         seq += 1
+        if type(record) is Preencoded:
+            record["seq"] = seq
+            record["prev_hash"] = prev
+            body = f'{record.canonical_head}"prev_hash":{_text(prev)},"seq":{int.__repr__(seq)}{record.canonical_tail}'
+            record["hash"] = prev = hashlib.sha256((prev or "").encode("ascii", "replace") + body.encode("utf-8")).hexdigest()
+            linked.append(record)
+            continue
         stored = dict(record)
         stored["seq"] = seq
         stored["prev_hash"] = prev

@@ -61,7 +61,8 @@ def read_frame(inp: BinaryIO) -> Any:
 
 def _picklable(batch: list) -> list[dict]:
     """Records whose details hold something pickle refuses are sent as their JSON form."""
-    from .record import jsonable, statement_record
+    from .record import jsonable
+    from .statements import statement_record
 
     records = (statement_record(r) if type(r) is tuple else r for r in batch)
     return [{k: jsonable(v) for k, v in record.items()} for record in records]

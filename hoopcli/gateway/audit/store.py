@@ -7,7 +7,7 @@ from datetime import datetime
 from operator import itemgetter
 from typing import Any, Iterable
 
-from .chain import VerifyReport, sorted_json_encoder
+from .chain import Preencoded, VerifyReport, sorted_json_encoder
 from .record import FIELDS, format_ts, normalize
 
 
@@ -70,12 +70,15 @@ def filters(sub, connection, since, kind, session_id) -> list[tuple[str, Any]]:
 
 
 _DETAILS_TEXT = sorted_json_encoder(", ", ": ")  # json.dumps(details, sort_keys=True, ensure_ascii=False)
+details_text = _DETAILS_TEXT  # how the `details` column keeps a record's details
 _ROW_VALUES = itemgetter(*FIELDS)
 _DETAILS_AT = FIELDS.index("details")
 
 
 def to_row(record: dict) -> tuple:
     """A stored record as column values in FIELDS order (details as JSON text)."""
+    if type(record) is Preencoded:
+        return (record["seq"], *record.row_values, record["prev_hash"], record["hash"])
     row = _ROW_VALUES(record)
     details = row[_DETAILS_AT]
     if details is None:

@@ -31,7 +31,8 @@ from collections import deque
 from typing import Callable, Iterable
 
 from .masking import mask_sql_secrets
-from .record import StatementNormalizer, check, normalize, statement_record
+from .record import check, normalize
+from .statements import StatementNormalizer, statement_record
 
 log = logging.getLogger("hoopcli.audit")
 
