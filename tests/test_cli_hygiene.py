@@ -294,3 +294,41 @@ def test_exec_and_connect_start_import_nothing_heavy(tmp_path):
     runs = [["exec", "app-db", "--", "true"], ["connect", "app-db", "--port", "0"], ["--profile", "default", "exec", "app-db", "-c", "select 1"]]
     offenders = imported_heavy(runs, env, EXEC_HEAVY, expect=f"cannot reach the gateway at 127.0.0.1:{port}")
     assert offenders == [], f"`hoop exec`/`hoop connect` imported {offenders} before reaching the gateway"
+
+
+# ---- leaving at once after exec/connect ----------------------------------------------------
+
+LEAVE = """
+import logging, sys
+from hoopcli.entry import _leave
+logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
+sys.stdout.write("x" * 200000)  # more than any pipe buffer: only a flush gets it all out
+logging.getLogger("t").info("logged before leaving")
+_leave(eval(sys.argv[1]))
+"""
+
+
+@pytest.mark.parametrize("code, status, said", [(3, 3, ""), (None, 0, ""), (130, 130, ""), (256 + 7, 7, ""), ("bad input", 1, "bad input")])
+def test_leaving_at_once_flushes_output_and_keeps_the_exit_status(code, status, said):
+    """`hoop exec`/`hoop connect` end with os._exit (no interpreter teardown): what was
+    written and logged still comes out in full, and the status is what sys.exit would give."""
+    proc = subprocess.run([sys.executable, "-c", LEAVE, repr(code)], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == status
+    assert proc.stdout == "x" * 200000
+    assert "logged before leaving" in proc.stderr and said in proc.stderr
+
+
+def test_exec_and_connect_leave_at_once_and_other_commands_do_not(tmp_path):
+    """Only the commands whose resources are closed before they return skip the teardown."""
+    from hoopcli import entry
+
+    assert entry._LEAVE_AT_ONCE == {"exec", "connect"}
+    home = tmp_path / "home"
+    home.mkdir()
+    env = subprocess_env(home)
+    script = "import atexit, os, sys; atexit.register(lambda: os.write(2, b'TORN-DOWN')); sys.argv = ['hoop', *sys.argv[1:]]; from hoopcli.entry import main; main()"
+    for args, torn_down in ((["exec", "--help"], False), (["connect", "--help"], False), (["config", "--help"], True)):
+        proc = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr
+        assert ("TORN-DOWN" in proc.stderr) == torn_down, (args, proc.stderr)
+        assert "Usage" in proc.stdout
