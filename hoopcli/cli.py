@@ -1,8 +1,9 @@
 """hoop's command line: thin typer commands that call one function each and render the result.
 
-Every failure is a HoopError rendered once, in `main`, as one line of what happened and one
-line of what to do, with the exit code documented in the README. Heavy modules (boto3, hvac,
-the gateway) are imported inside the commands that need them, so `hoop --help` stays fast.
+Every failure is a HoopError rendered once, in `main` (by `errors.report`), as one line of what
+happened and one line of what to do, with the exit code documented in the README. Heavy
+modules (boto3, hvac, the gateway) are imported inside the commands that need them, so
+`hoop --help` stays fast; `hoop exec NAME -- CMD…` does not come here at all (entry.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import typer
 
 from hoopcli import __version__
 from hoopcli.completion import complete_connection
-from hoopcli.errors import ExitCode, HoopError, Interrupted, UsageError
+from hoopcli.errors import ExitCode, HoopError, UsageError
+from hoopcli.errors import render as render_error
+from hoopcli.errors import report as report_failure
 
 app = typer.Typer(
     name="hoop",
@@ -200,34 +203,9 @@ def exec_(
 
     Example: hoop exec app-db -- psql -c 'select current_user'
     """
-    from hoopcli.access import open_access
-    from hoopcli.launch import default_client, gateway_verdict_code, run_child, statement_command, with_mysql_identity
-    from hoopcli.ui import ExecTunnelEvents
+    from hoopcli.launch import exec_through_gateway
 
-    profile = _profile()
-    tunnel_events = ExecTunnelEvents()
-    with open_access(profile, name, on_event=tunnel_events.event) as access:
-        if command is not None:
-            argv = statement_command(access.protocol, command, machine=json_out)
-        else:
-            argv = list(ctx.args) or default_client(access.protocol)
-        argv = with_mysql_identity(argv, access.creds, access.database)
-        code, out, err = run_child(argv, access.env(), capture=command is not None)
-    code = tunnel_events.exit_code_for(code)
-    if command is not None:
-        code = gateway_verdict_code(code, err)
-        _show_statement_result(name, code, out, err, json_out)
-    raise typer.Exit(code)
-
-
-def _show_statement_result(name: str, code: int, out: str, err: str, json_out: bool) -> None:
-    from hoopcli.output import emit_json
-
-    if json_out:
-        emit_json({"connection": name, "exit_code": code, "output": out, "error": err})
-    else:
-        sys.stdout.write(out)
-        sys.stderr.write(err)
+    raise typer.Exit(exec_through_gateway(_profile(), name, list(ctx.args), command=command, json_out=json_out))
 
 
 @app.command()
@@ -443,15 +421,7 @@ def gateway(
 
 
 def _render_error(exc: HoopError) -> None:
-    from hoopcli.logs import redact
-
-    sys.stderr.write(f"hoop: error: {redact(exc.message)}\n")
-    if exc.hint:
-        sys.stderr.write(f"hoop: hint: {exc.hint}\n")
-    if state.json:
-        from hoopcli.output import emit_json
-
-        emit_json({"event": "error", **exc.to_json(), "error": redact(exc.message)})
+    render_error(exc, state.json)
 
 
 def _click_exception() -> type[Exception]:
@@ -484,26 +454,17 @@ def main(argv: List[str] | None = None) -> None:
 
         sys.exit(serve(app))
     args = sys.argv[1:] if argv is None else argv
-    state.json = "--json" in args
+    state.json = "--json" in (args[: args.index("--")] if "--" in args else args)  # not the child's own flags
     try:
         result = app(args=args, prog_name="hoop", standalone_mode=False)
         code = result if isinstance(result, int) else 0
-    except HoopError as exc:
-        _render_error(exc)
-        code = int(exc.exit_code)
-    except (KeyboardInterrupt, typer.Abort):
-        _render_error(Interrupted("interrupted", ""))
-        code = int(ExitCode.INTERRUPTED)
+    except typer.Abort:
+        code = report_failure(KeyboardInterrupt(), state.json)
     except typer.Exit as exc:
         code = exc.exit_code
     except _click_exception() as exc:
         code = _render_usage_error(exc)
-    except Exception as exc:  # a bug or an unforeseen failure: one redacted line, never a traceback
-        import logging
-
-        if logging.getLogger().isEnabledFor(logging.DEBUG):
-            logging.getLogger("hoopcli").exception("unexpected error")
-        _render_error(HoopError(f"unexpected {type(exc).__name__}: {exc}", "Run again with --debug for details, and report it if it persists."))
-        code = int(ExitCode.ERROR)
+    except (KeyboardInterrupt, Exception) as exc:
+        code = report_failure(exc, state.json)
     sys.stdout.flush()
     sys.exit(code)

@@ -1,7 +1,8 @@
 """One exception family for every failure a user can see.
 
-Each error carries what happened, what to do about it, and a documented exit code; the CLI
-renders them in exactly one place (`cli.main`), so no command prints a traceback.
+Each error carries what happened, what to do about it, and a documented exit code; `report`
+and `render` at the bottom are the one place they reach the user (from `cli.main`, and from
+entry.py's typer-free `hoop exec`), so no command prints a traceback.
 """
 
 from __future__ import annotations
@@ -97,3 +98,36 @@ class BrokerError(HoopError):
 
 class Interrupted(HoopError):
     exit_code = ExitCode.INTERRUPTED
+
+
+def render(exc: HoopError, as_json: bool) -> None:
+    """The one way a failure reaches the user: what happened and what to do on stderr (secrets
+    redacted), and with --json also as the last JSON line on stdout."""
+    import sys
+
+    from hoopcli.logs import redact
+
+    sys.stderr.write(f"hoop: error: {redact(exc.message)}\n")
+    if exc.hint:
+        sys.stderr.write(f"hoop: hint: {exc.hint}\n")
+    if as_json:
+        from hoopcli.output import emit_json
+
+        emit_json({"event": "error", **exc.to_json(), "error": redact(exc.message)})
+
+
+def report(exc: BaseException, as_json: bool) -> int:
+    """Render a failure that ended a command and return its exit code: a HoopError as it is,
+    Ctrl-C as Interrupted, anything else (a bug) as one redacted line, never a traceback."""
+    if isinstance(exc, HoopError):
+        render(exc, as_json)
+        return int(exc.exit_code)
+    if isinstance(exc, KeyboardInterrupt):
+        render(Interrupted("interrupted", ""), as_json)
+        return int(ExitCode.INTERRUPTED)
+    import logging
+
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+        logging.getLogger("hoopcli").exception("unexpected error")
+    render(HoopError(f"unexpected {type(exc).__name__}: {exc}", "Run again with --debug for details, and report it if it persists."), as_json)
+    return int(ExitCode.ERROR)

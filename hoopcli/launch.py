@@ -128,3 +128,38 @@ def gateway_verdict_code(child_code: int, stderr: str) -> int:
     if "hoop: statement denied by policy" in stderr:
         return int(ExitCode.DENIED)
     return child_code
+
+
+def exec_through_gateway(profile, name: str, child_args: list[str], *, command: str | None = None, json_out: bool = False) -> int:
+    """`hoop exec`: open access to connection `name` (credentials, tunnel), run `child_args` (or
+    the protocol's client; with `command`, that one statement through it) with the credentials
+    in its environment only, close everything, and return the exit code to leave with: the
+    child's own, unless the tunnel or the gateway's verdict says more."""
+    from hoopcli.access import open_access
+    from hoopcli.ui import ExecTunnelEvents
+
+    tunnel_events = ExecTunnelEvents()
+    with open_access(profile, name, on_event=tunnel_events.event) as access:
+        if command is not None:
+            argv = statement_command(access.protocol, command, machine=json_out)
+        else:
+            argv = list(child_args) or default_client(access.protocol)
+        argv = with_mysql_identity(argv, access.creds, access.database)
+        code, out, err = run_child(argv, access.env(), capture=command is not None)
+    code = tunnel_events.exit_code_for(code)
+    if command is not None:
+        code = gateway_verdict_code(code, err)
+        _show_statement_result(name, code, out, err, json_out)
+    return code
+
+
+def _show_statement_result(name: str, code: int, out: str, err: str, json_out: bool) -> None:
+    import sys
+
+    if json_out:
+        from hoopcli.output import emit_json
+
+        emit_json({"connection": name, "exit_code": code, "output": out, "error": err})
+    else:
+        sys.stdout.write(out)
+        sys.stderr.write(err)

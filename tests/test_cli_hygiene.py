@@ -332,3 +332,64 @@ def test_exec_and_connect_leave_at_once_and_other_commands_do_not(tmp_path):
         assert proc.returncode == 0, proc.stderr
         assert ("TORN-DOWN" in proc.stderr) == torn_down, (args, proc.stderr)
         assert "Usage" in proc.stdout
+
+
+# ---- `hoop exec NAME -- CMD…` without typer ----------------------------------------------------
+
+FAST_EXEC = """
+import json, sys
+from hoopcli import entry
+
+def leave(code):
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("typer", "click") or m == "hoopcli.cli")
+    sys.stderr.write("\\nLOADED " + json.dumps(loaded) + "\\n")
+    sys.exit(code)
+
+entry._leave = leave
+sys.argv = ["hoop", *json.loads(sys.argv[1])]
+entry.main()
+"""
+
+THROUGH_TYPER = "import json, sys; from hoopcli.cli import main; main(json.loads(sys.argv[1]))"
+
+
+def _run(script: str, args: list[str], env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", script, json.dumps(args)], env=env, capture_output=True, text=True, timeout=60, cwd=REPO)
+
+
+def test_plain_exec_is_recognised_only_in_its_exact_form():
+    from hoopcli.entry import _is_plain_exec
+
+    assert _is_plain_exec(["exec", "app-db", "--", "psql", "-c", "select 1"])
+    assert _is_plain_exec(["exec", "app-db", "--"])
+    for args in (["exec", "app-db"], ["exec", "app-db", "-c", "select 1"], ["exec", "--json", "--", "x"], ["exec", "app-db", "--json", "--", "x"],
+                 ["--profile", "p", "exec", "app-db", "--", "x"], ["connect", "app-db", "--", "x"], ["exec", "--help", "--"]):
+        assert not _is_plain_exec(args), args
+
+
+@pytest.mark.parametrize("case", ["gateway unreachable", "not logged in", "unknown profile"])
+def test_plain_exec_fails_exactly_as_the_typer_path_does_without_loading_typer(tmp_path, case):
+    """The fast lane and typer run the same exec function and render failures the same way:
+    same stdout, stderr and exit code, for failures at each step before the child starts."""
+    import time
+
+    home = tmp_path / "home"
+    home.mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = _fake_jwt({"alg": "RS256"}, {"sub": "alice", "iss": "https://idp.example", "exp": int(time.time()) + 600}, b"sig")
+    extra = {"HOOP_GATEWAY": f"https://127.0.0.1:{port}", "PYTHON_KEYRING_BACKEND": "keyring.backends.null.Keyring"}
+    if case != "not logged in":
+        extra["HOOP_TOKEN"] = token
+    if case == "unknown profile":
+        extra["HOOP_PROFILE"] = "nosuch"
+    env = subprocess_env(home, **extra)
+    args = ["exec", "app-db", "--", "psql", "--json"]  # the child's --json is not hoop's
+    fast, typer_path = _run(FAST_EXEC, args, env), _run(THROUGH_TYPER, args, env)
+    loaded = json.loads(fast.stderr.rsplit("LOADED ", 1)[1])
+    assert loaded == [], f"the fast lane loaded {loaded}"
+    fast_err = fast.stderr.rsplit("\nLOADED ", 1)[0]
+    assert (fast.returncode, fast.stdout, fast_err) == (typer_path.returncode, typer_path.stdout, typer_path.stderr)
+    assert fast.returncode != 0 and fast_err.startswith("hoop: error: ") and "hoop: hint: " in fast_err
+    assert "Traceback" not in fast_err and fast.stdout == ""
