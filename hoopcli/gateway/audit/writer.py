@@ -261,15 +261,17 @@ class AuditWriter:
         if already and not self._thread.is_alive():
             return self.pending == 0
         ok = self.flush(timeout)
-        if not ok:
-            self.lost = self.pending
-            self.last_error = f"closed with {self.lost} audit record(s) not stored: {self.last_error}"
-            log.error("audit writer: %s", self.last_error)
         self._abandon.set()
         self._wake.set()
         if self._process is not None and not ok:
             self._process.stop(graceful=False)  # first: a send blocked on a stuck process fails
         self._thread.join(timeout=10)
+        if not ok:
+            # After the threads that report failures have stopped: a retry failing meanwhile
+            # would otherwise replace this message with its own.
+            self.lost = self.pending
+            self.last_error = f"closed with {self.lost} audit record(s) not stored: {self.last_error}"
+            log.error("audit writer: %s", self.last_error)
         if self._process is None:
             self._storer.close_exporters()
         elif ok:
@@ -296,7 +298,8 @@ class AuditWriter:
     def _failed(self, failures: int, error: str) -> None:
         self.failures = failures
         self._healthy = False
-        self.last_error = error
+        if not self.lost:  # close() has said what was lost: that stays the last word
+            self.last_error = error
 
     # ---- the writer thread --------------------------------------------------------------
 
