@@ -3,7 +3,7 @@
 Feeds what pgbench's built-in select-only script puts on the wire —
 `SELECT abalance FROM pgbench_accounts WHERE aid = :aid` — in its three query modes,
 one read per direction per transaction (as with -c 1: every round trip is a read), plus
-pipelined reads and a COPY bulk stream, and prints messages/s and transactions/s.
+pipelined reads and COPY bulk streams both ways, and prints messages/s and transactions/s.
 
     .venv/bin/python bench/engine_postgres.py [--seconds 2]
 
@@ -136,6 +136,28 @@ def bench_copy(seconds: float) -> float:
     return total / (time.process_time() - start) / 1e6
 
 
+def bench_copy_out(seconds: float) -> float:
+    """COPY TO STDOUT as the bench's COPY sends it: one CopyData message per ~100-byte row
+    (row widths vary with the number's digits), 64 KiB reads split anywhere."""
+    rows = b"".join(msg(b"d", b"%d\t%s\n" % (k, b"x" * 90)) for k in range(99_990, 100_990))
+    stream = rows * 4
+    chunks = [stream[k : k + 65536] for k in range(0, len(stream), 65536)]  # the last ends a row
+    engine = fresh_engine("simple", None)
+    engine.from_client(msg(b"Q", b"COPY (SELECT 1) TO STDOUT\0"))
+    engine.from_server(msg(b"H", struct.pack("!bh", 0, 0)))
+    total = 0
+    start = time.process_time()
+    deadline = start + seconds
+    while time.process_time() < deadline:
+        for chunk in chunks:
+            engine.from_server(chunk)
+        total += len(stream)
+    elapsed = time.process_time() - start
+    if engine.from_server(b"").close or engine.from_server(msg(b"c")).close:
+        raise SystemExit("the engine lost the COPY stream: the measurement is void")
+    return total / elapsed / 1e6
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=2.0, help="per measurement")
@@ -150,6 +172,7 @@ def main() -> None:
             msgs, txs = bench(mode, args.seconds, batch, gate)
             print(f"select-only -M {mode:9} {label:29} {msgs:12,.0f} {txs:10,.0f} {1e6 / txs:7.2f}")
     print(f"COPY FROM STDIN, 64 KiB reads: {bench_copy(args.seconds):,.0f} MB/s")
+    print(f"COPY TO STDOUT, ~100-byte rows, 64 KiB reads: {bench_copy_out(args.seconds):,.0f} MB/s")
 
 
 if __name__ == "__main__":

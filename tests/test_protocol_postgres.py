@@ -614,6 +614,28 @@ def test_copy_out_large_rows_streamed():
     assert res.to_client == LOGIN + server
 
 
+def test_runs_of_data_rows_and_copy_data_end_where_the_next_message_starts():
+    # Runs of D/d messages take a tighter loop: rows of every width (an empty one too), a
+    # run reaching into the next read, and what follows each run must all come out the same.
+    rows = b"".join(DR(str(k) * (k % 7)) for k in range(40)) + msg(b"D", b"")
+    copy = b"".join(copy_data(b"%d\t%s\n" % (k, b"x" * (k % 11))) for k in range(40))
+    server_select = T("n") + rows + CC("SELECT 41") + Z()
+    server_copy = copy_out_response() + copy + msg(b"c") + CC("COPY 40") + Z()
+    res = run(session(("c", Q("select n from t")), ("s", server_select), ("c", Q("copy t to stdout")), ("s", server_copy)))
+    assert res.events[1:] == [
+        StatementStarted("select n from t", "query"), StatementFinished("SELECT 41"),
+        StatementStarted("copy t to stdout", "query"), StatementFinished("COPY 40"),
+    ]
+    assert res.to_client == LOGIN + server_select + server_copy
+
+
+@pytest.mark.parametrize("bad", [b"D\0\0\0\x03", b"d\0\0\0\x00", b"D\xff\xff\xff\xff"])
+def test_a_bad_length_inside_a_run_of_data_rows_is_a_protocol_error(bad):
+    engine = PostgresEngine()
+    feed(engine, session(("c", Q("select n from t"))))
+    out = engine.from_server(T("n") + DR("1") + DR("2") + bad + DR("3") + CC("SELECT 3") + Z())
+    assert out.close and isinstance(out.events[-1], ProtocolError) and out.events[-1].direction == "server"
+
 def test_large_datarow_and_query_across_many_reads():
     engine = PostgresEngine()
     engine.from_client(startup())
