@@ -21,6 +21,10 @@ TABLE = "audit"
 SCHEMA_VERSION = 1
 _COLUMNS = ", ".join(f'"{name}"' for name in FIELDS)
 _PLACEHOLDERS = ", ".join("?" for _ in FIELDS)
+_INSERT = f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES ({_PLACEHOLDERS})"
+# Up to this many rows go in one INSERT: a row costs ~1 µs less of CPU than a row per
+# statement execution (executemany), measured with the writer's batches of 500.
+ROWS_PER_INSERT = 100
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS {TABLE} (
@@ -70,6 +74,10 @@ class SQLiteStore(AuditStore):
         self._lock = threading.Lock()
         self._conn = self._connect()
         self._conn.execute("PRAGMA journal_mode=WAL")
+        # SQLite before 3.32 takes 999 bound values to a statement; getlimit is Python 3.11+.
+        getlimit = getattr(self._conn, "getlimit", None)
+        max_values = getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) if getlimit else 999
+        self._rows_per_insert = max(1, min(ROWS_PER_INSERT, max_values // len(FIELDS)))
         with self._lock:
             self._conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
 
@@ -90,15 +98,26 @@ class SQLiteStore(AuditStore):
                 row = conn.execute(f'SELECT "seq", "hash" FROM {TABLE} ORDER BY "seq" DESC LIMIT 1').fetchone()
                 head_seq, head_hash = (row["seq"], row["hash"]) if row else (0, GENESIS)
                 stored = link(records, head_seq, head_hash)
-                conn.executemany(
-                    f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES ({_PLACEHOLDERS})", [to_row(r) for r in stored]
-                )
+                self._insert([to_row(r) for r in stored])
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
         return stored
+
+    def _insert(self, rows: list[tuple]) -> None:
+        """INSERT the rows in order, `_rows_per_insert` to a statement, the rest one by one."""
+        per = self._rows_per_insert
+        whole = len(rows) // per * per
+        if whole:
+            values = ", ".join([f"({_PLACEHOLDERS})"] * per)
+            self._conn.executemany(
+                f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES {values}",
+                [[value for row in rows[k : k + per] for value in row] for k in range(0, whole, per)],
+            )
+        if whole < len(rows):
+            self._conn.executemany(_INSERT, rows[whole:])
 
     def query(self, sub=None, connection=None, since=None, kind=None, limit=None, *, session_id=None) -> list[dict]:
         sql, params = select_sql(TABLE, _COLUMNS, filters(sub, connection, since, kind, session_id), limit, "?")
