@@ -121,6 +121,20 @@ def test_close_gives_up_after_its_timeout_when_the_store_stays_down(store):
         writer.submit(new_record("connect"))
 
 
+def test_close_counts_nothing_lost_when_the_last_append_ends_after_its_timeout(store):
+    class SlowStore:
+        def append(self, records):
+            time.sleep(0.5)
+            return store.append(records)
+
+    writer = AuditWriter(SlowStore(), interval=0.01)
+    writer.submit(new_record("connect"))
+    time.sleep(0.05)  # the writer thread is inside the slow append
+    assert writer.close(timeout=0.1) is True
+    assert writer.lost == 0 and writer.last_error is None
+    assert len(store.query()) == 1
+
+
 def test_submit_refuses_bad_records(store):
     writer = AuditWriter(store)
     with pytest.raises(ValueError, match="kind"):

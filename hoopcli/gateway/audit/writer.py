@@ -263,9 +263,12 @@ class AuditWriter:
         ok = self.flush(timeout)
         self._abandon.set()
         self._wake.set()
-        if self._process is not None and not ok:
+        killed = self._process is not None and not ok
+        if killed:
             self._process.stop(graceful=False)  # first: a send blocked on a stuck process fails
         self._thread.join(timeout=10)
+        if not ok and self.pending == 0:
+            ok = True  # the last append finished after the flush timed out: nothing was lost
         if not ok:
             # After the threads that report failures have stopped: a retry failing meanwhile
             # would otherwise replace this message with its own.
@@ -274,7 +277,7 @@ class AuditWriter:
             log.error("audit writer: %s", self.last_error)
         if self._process is None:
             self._storer.close_exporters()
-        elif ok:
+        elif not killed:
             self._process.stop(graceful=True)
         return ok
 
