@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import statistics
 import subprocess
@@ -28,8 +27,11 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PGBIN = Path("/usr/lib/postgresql/15/bin")
-COPY_SQL = "COPY (SELECT g, '" + "x" * 90 + "' FROM generate_series(1, 2900000) g) TO STDOUT"  # ~300 MB
+sys.path.insert(0, str(HERE))
+import run as full_run  # noqa: E402  (the same pgbench and COPY as the full run)
+
+PGBIN = Path(full_run.PG_BINDIRS[0])
+COPY_ROWS = int(300 * 1_000_000 / (len(full_run.COPY_ROW) + 9))  # ~300 MB, as run.py counts it
 
 
 def start_stack(checkout: Path, paths: list[str]) -> tuple[subprocess.Popen, dict]:
@@ -50,28 +52,21 @@ def start_stack(checkout: Path, paths: list[str]) -> tuple[subprocess.Popen, dic
     raise SystemExit(f"{checkout}: bench/run.py --serve did not come up (run it alone to see why)")
 
 
+def client(port: int) -> full_run.Postgres:
+    """run.py's client calls need only the binaries and the port of the server to reach."""
+    return full_run.Postgres(bindir=PGBIN, root=HERE, port=port)
+
+
 def pgbench_tps(port: int, clients: int, seconds: int) -> float:
-    out = subprocess.run(
-        [str(PGBIN / "pgbench"), "-n", "-S", "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(seconds),
-         "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "bench"],
-        capture_output=True, text=True, timeout=seconds + 120,
-    ).stdout
-    found = re.search(r"^tps = ([\d.]+)", out, re.M)
-    if found is None:
-        raise RuntimeError(f"pgbench on port {port} failed:\n{out[-1500:]}")
-    return float(found.group(1))
+    return full_run.pgbench(client(port), port, clients, seconds).tps
 
 
 def copy_mb_per_s(port: int) -> float:
     start = time.perf_counter()
-    proc = subprocess.Popen([str(PGBIN / "psql"), "-X", "-q", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
-                             "-d", "bench", "-c", COPY_SQL], stdout=subprocess.PIPE)
-    total = 0
-    while chunk := proc.stdout.read(1 << 20):
-        total += len(chunk)
-    if proc.wait() != 0 or total < 100_000_000:
-        raise RuntimeError(f"COPY on port {port} failed after {total} bytes")
-    return total / (time.perf_counter() - start) / 1e6
+    size = full_run.copy_bytes(client(port), COPY_ROWS)
+    if size < 100_000_000:
+        raise RuntimeError(f"COPY on port {port} failed after {size} bytes")
+    return size / (time.perf_counter() - start) / 1e6
 
 
 def main() -> int:
@@ -84,13 +79,16 @@ def main() -> int:
     ap.add_argument("--copy", action="store_true", help="measure a ~300 MB COPY TO STDOUT instead of pgbench")
     args = ap.parse_args()
     paths = args.paths.split(",")
+    checkouts = [checkout.resolve() for checkout in args.checkouts]
+    if len(set(checkouts)) != len(checkouts):
+        raise SystemExit("give each checkout once (a `git worktree add` of the same commit compares a build with itself)")
     measure = (lambda port: copy_mb_per_s(port)) if args.copy else (lambda port: pgbench_tps(port, args.clients, args.seconds))
     unit = "MB/s" if args.copy else "tps"
 
     stacks = []
     try:
-        for checkout in args.checkouts:
-            stacks.append((checkout.resolve(), *start_stack(checkout.resolve(), paths)))
+        for checkout in checkouts:
+            stacks.append((checkout, *start_stack(checkout, paths)))
         if not args.copy:  # warm-up: connections, caches, JWKS
             for _, _, info in stacks:
                 for path in paths:
