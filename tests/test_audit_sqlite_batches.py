@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 
 from hoopcli.gateway.audit.record import new_record
-from hoopcli.gateway.audit.sqlite import ROWS_PER_INSERT, SQLiteStore
+from hoopcli.gateway.audit.sqlite import ROWS_PER_INSERT, SQLiteStore, _insert_sql
 
 
 @pytest.mark.parametrize("limit", [None, 999])  # this SQLite's own limit, and the pre-3.32 default
@@ -18,6 +18,7 @@ def test_every_batch_size_is_stored_whole_and_in_order(tmp_path, limit):
     if limit is not None:  # as an old SQLite would: 2,000 values to a statement are refused
         store._conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, limit)
         store._rows_per_insert = limit // 20
+        store._insert_many = _insert_sql(store._rows_per_insert)
     sizes = [1, ROWS_PER_INSERT - 1, ROWS_PER_INSERT, ROWS_PER_INSERT + 1, 2 * ROWS_PER_INSERT + 3, 49, 50, 7]
     sent = []
     for size in sizes:

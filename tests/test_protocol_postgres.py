@@ -636,6 +636,7 @@ def test_a_bad_length_inside_a_run_of_data_rows_is_a_protocol_error(bad):
     out = engine.from_server(T("n") + DR("1") + DR("2") + bad + DR("3") + CC("SELECT 3") + Z())
     assert out.close and isinstance(out.events[-1], ProtocolError) and out.events[-1].direction == "server"
 
+
 def test_large_datarow_and_query_across_many_reads():
     engine = PostgresEngine()
     engine.from_client(startup())
