@@ -1,4 +1,4 @@
-"""The PostgreSQL cache keyed on text with its literals masked (policy.py, `_decide_parts`).
+"""The PostgreSQL cache keyed on text with its literals masked (policy/classify.py, `_decide_parts`).
 
 What must hold: a decision served from the masked cache is exactly the decision PostgreSQL's
 parser path gives for that very text (`reference`), whichever text of the same shape filled the
@@ -16,7 +16,11 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from hoopcli.gateway import policy as P
+from hoopcli.gateway.policy import classifier as C
+from hoopcli.gateway.policy import postgres as PGP
+from hoopcli.gateway.policy import postgres_cache as PC
+from hoopcli.gateway.policy import rules as R
+from hoopcli.gateway.policy.categories import CACHE_SIZE
 from hoopcli.gateway.policy import DEFAULT_RULES, Policy, classify
 
 from .test_policy import AGENT, ALICE, CASES, EXAMPLE, PG
@@ -30,13 +34,13 @@ POLICIES = [
 IDENTITIES = [ALICE, AGENT]
 
 
-def reference(policy: Policy, sql: str, identity=ALICE) -> P.Decision:
+def reference(policy: Policy, sql: str, identity=ALICE) -> R.Decision:
     """The decision with every part from PostgreSQL's parser, no cache of any kind."""
-    with mock.patch.object(P, "_decide_parts", lambda text, dialect: P._classify_uncached(text, "postgres")):
+    with mock.patch.object(R, "_decide_parts", lambda text, dialect: C._classify_uncached(text, "postgres")):
         return policy.decide(sql, identity, PG)
 
 
-def same(a: P.Decision, b: P.Decision) -> bool:
+def same(a: R.Decision, b: R.Decision) -> bool:
     return (a.action, a.categories, a.rule_index, a.reason) == (b.action, b.categories, b.rule_index, b.reason)
 
 
@@ -55,7 +59,7 @@ def check_pair(first: str, second: str) -> None:
 
 
 def masked_key(sql: str) -> str | None:
-    masked = P._pg_mask(sql)
+    masked = PC._pg_mask(sql)
     return masked[0] if masked else None
 
 
@@ -73,7 +77,7 @@ def test_pgbench_statements_are_served_without_the_parser():
     policy = Policy(DEFAULT_RULES)
     first = policy.decide("SELECT abalance FROM pgbench_accounts WHERE aid = 12345;", ALICE, PG)
     assert first.action == "allow"
-    with mock.patch.object(P, "_pg_parse", side_effect=AssertionError("parser called")):
+    with mock.patch.object(PC, "_pg_parse", side_effect=AssertionError("parser called")), mock.patch.object(PGP, "_pg_parse", side_effect=AssertionError("parser called")):
         for aid in (1, 7, 99999, 123456789, 0):
             got = policy.decide(f"SELECT abalance FROM pgbench_accounts WHERE aid = {aid};", ALICE, PG)
             assert same(got, first)
@@ -82,7 +86,7 @@ def test_pgbench_statements_are_served_without_the_parser():
             policy.decide(upd.format(5, 6), ALICE, PG)
     for delta in (5, -5, "- 5"):  # a minus sign is part of the shape: three shapes
         policy.decide(upd.format(delta, 6), ALICE, PG)
-    with mock.patch.object(P, "_pg_parse", side_effect=AssertionError("parser called")):
+    with mock.patch.object(PC, "_pg_parse", side_effect=AssertionError("parser called")), mock.patch.object(PGP, "_pg_parse", side_effect=AssertionError("parser called")):
         for delta in (4321, -4321, "- 4321", 0, -0):
             assert policy.decide(upd.format(delta, 77), ALICE, PG).action == "allow"
 
@@ -123,7 +127,7 @@ def test_statements_whose_decision_depends_on_a_literal_are_never_served_masked(
         decisions = {sql: policy.decide(sql, ALICE, PG) for sql in order}
         for sql, got in decisions.items():
             assert same(got, reference(policy, sql)), sql
-        assert P._MASKED.get(key) is None  # absent, or marked "exact text only"
+        assert PC._MASKED.get(key) is None  # absent, or marked "exact text only"
     assert decisions[low].categories != decisions[high].categories
 
 
@@ -151,7 +155,7 @@ def test_literals_that_are_not_expression_constants_mark_the_shape_exact_only(te
     key = masked_key(sql)
     assert key is not None
     Policy(DEFAULT_RULES).decide(sql, ALICE, PG)
-    assert P._MASKED.get(key, None) is None
+    assert PC._MASKED.get(key, None) is None
 
 
 def test_set_client_encoding_is_literal_independent_and_verdicts_match():
@@ -167,23 +171,23 @@ def test_set_client_encoding_is_literal_independent_and_verdicts_match():
 def test_parts_from_the_masked_cache_never_carry_another_statements_text():
     policy = Policy(DEFAULT_RULES)
     policy.decide("SELECT 'secret-one'", ALICE, PG)
-    entry = P._MASKED[masked_key("SELECT 'secret-two'")]
+    entry = PC._MASKED[masked_key("SELECT 'secret-two'")]
     assert entry is not None and all(part.text == "" for part in entry)
     assert [p.text for p in classify("SELECT 'secret-two'", PG)] == ["SELECT 'secret-two'"]
 
 
 def test_texts_with_backslashes_or_nul_are_not_masked():
-    assert P._pg_mask("SELECT E'\\'', 1") is None
-    assert P._pg_mask("SELECT '\\', 1") is None
-    assert P._pg_mask("SELECT 1\0") is None
-    assert P._pg_mask("SELECT a FROM t") is None
+    assert PC._pg_mask("SELECT E'\\'', 1") is None
+    assert PC._pg_mask("SELECT '\\', 1") is None
+    assert PC._pg_mask("SELECT 1\0") is None
+    assert PC._pg_mask("SELECT a FROM t") is None
 
 
 def test_the_masked_cache_is_bounded():
     policy = Policy(DEFAULT_RULES)
-    for n in range(P.CACHE_SIZE + 50):
+    for n in range(CACHE_SIZE + 50):
         policy.decide(f"SELECT c{n} FROM t WHERE a = 1", ALICE, PG)
-    assert len(P._MASKED) <= P.CACHE_SIZE
+    assert len(PC._MASKED) <= CACHE_SIZE
 
 
 # ---- differential: the case table, with its literals swapped -------------------------------
@@ -308,12 +312,12 @@ def test_every_literal_of_a_stored_shape_is_one_scanner_token(items, tail):
     from pglast.parser import scan
 
     sql = "SELECT " + ", ".join(items) + tail
-    masked = P._pg_mask(sql)
+    masked = PC._pg_mask(sql)
     assume(masked is not None)
     key, spans = masked
     consts: dict = {}
-    assume(P._pg_parse(sql, consts) is not None)
-    if not P._pg_literals_are_constants(sql, spans, consts):
+    assume(PGP._pg_parse(sql, consts) is not None)
+    if not PC._pg_literals_are_constants(sql, spans, consts):
         return
     tokens = {(t.start, t.end): t.name for t in scan(sql)}  # character offsets, end inclusive
     for start, end, kind in spans:
@@ -340,7 +344,7 @@ def test_every_literal_of_a_stored_shape_is_one_scanner_token(items, tail):
 def test_masked_literals_are_scanner_tokens(sql, expected):
     from pglast.parser import scan
 
-    _, spans = P._pg_mask(sql)
+    _, spans = PC._pg_mask(sql)
     tokens = {(t.start, t.end): t.name for t in scan(sql)}
     assert [(sql[s:e], tokens.get((s, e - 1))) for s, e, _ in spans] == expected
 
@@ -351,7 +355,7 @@ def test_masked_literals_are_scanner_tokens(sql, expected):
      "SELECT 5a", "SELECT x.5", "SELECT 1é"],
 )
 def test_numbers_postgres_reads_otherwise_are_not_masked(sql):
-    assert P._pg_mask(sql) is None
+    assert PC._pg_mask(sql) is None
 
 
 # ---- condition (2): the classifier never reads an A_Const's value ---------------------------
@@ -361,8 +365,8 @@ def _tree_categories(tree) -> list[tuple[str, ...]]:
     out = []
     for entry in tree.get("stmts", ()):
         cats: set[str] = set()
-        P._pg_node_categories(entry["stmt"], cats)
-        P._pg_walk_dml(entry["stmt"], cats)
+        PGP._pg_node_categories(entry["stmt"], cats)
+        PGP._pg_walk_dml(entry["stmt"], cats)
         out.append(tuple(sorted(cats)))
     return out
 
@@ -425,7 +429,7 @@ def test_memoized_decisions_follow_the_identity():
 
 def test_the_memo_is_bounded_and_survives_cache_eviction():
     policy = Policy(DEFAULT_RULES)
-    for n in range(P._MEMO_SIZE + P.CACHE_SIZE + 10):
+    for n in range(R._MEMO_SIZE + CACHE_SIZE + 10):
         sql = f"SELECT c{n} FROM t WHERE a = {n}" if n % 2 else f"DROP TABLE t{n}"
         assert policy.decide(sql, ALICE, PG).action == ("allow" if n % 2 else "require_approval")
-    assert len(policy._memo) <= P._MEMO_SIZE
+    assert len(policy._memo) <= R._MEMO_SIZE

@@ -22,7 +22,7 @@ class Connection:
     database: str = ""
     # What the client needs to get credentials (broker kind, role, ...): never a secret.
     credentials: dict = field(default_factory=dict)
-    # The statement policy table or "default" (see gateway/policy.py); None: record only.
+    # The statement policy table or "default" (see gateway/policy/); None: record only.
     policy: dict | str | None = None
     # False: bytes pass untouched (the tcp engine); the trail keeps connect/session_end only.
     record: bool = True
