@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hoopcli.gateway.protocols import mysql as mysql_mod
+from hoopcli.gateway.protocols.mysql import framing as mysql_framing
 from hoopcli.gateway.protocols.base import (
     ALLOW,
     Output,
@@ -930,7 +930,7 @@ def test_exact_multiple_of_16mib_ends_with_an_empty_packet():
 
 
 def test_oversize_statement_is_a_protocol_error(monkeypatch, split):
-    monkeypatch.setattr(mysql_mod, "MAX_MESSAGE_BYTES", 1000)
+    monkeypatch.setattr(mysql_framing, "MAX_MESSAGE_BYTES", 1000)
     conv = logged_in(split)
     conv.client(query("select '" + "z" * 2000 + "'"))
     assert conv.closed
@@ -939,7 +939,7 @@ def test_oversize_statement_is_a_protocol_error(monkeypatch, split):
 
 
 def test_big_rows_are_never_buffered(monkeypatch):
-    monkeypatch.setattr(mysql_mod, "MAX_MESSAGE_BYTES", 1000)
+    monkeypatch.setattr(mysql_framing, "MAX_MESSAGE_BYTES", 1000)
     conv = logged_in(split_random, deprecate_eof=True)
     conv.client(query("select big"))
     response = resultset([(b"r" * 5000,)] * 3, deprecate_eof=True)
