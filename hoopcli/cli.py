@@ -280,21 +280,43 @@ app.add_typer(approvals_app, name="approvals")
 
 
 @approvals_app.command("list")
-def approvals_list(status: Optional[str] = typer.Option(None, help="pending, approved, denied, used, expired"), json_out: bool = JsonOpt) -> None:
-    """Approval requests (approvers see all; others their own)."""
-    from hoopcli.output import emit_json, table
+def approvals_list(
+    status: Optional[str] = typer.Option(None, help="pending, approved, denied, used, expired"),
+    limit: int = typer.Option(50, "--limit", min=1, max=500, help="At most this many requests (one page)."),
+    cursor: Optional[str] = typer.Option(None, "--cursor", help="The next page: the value after `more:` (or `next` in --json)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Approval requests, oldest first, one page at a time (approvers see all; others their own)."""
+    from hoopcli.output import emit_json, info, table
 
-    rows = _api().approvals(status)
+    page = _api().approvals_page(status, limit, cursor)
     if json_out:
-        emit_json({"approvals": rows})
-    else:
-        table(rows, ["id", "status", "sub", "connection", "statement", "created_at"], title="Approvals")
+        emit_json(page)
+        return
+    columns = ["id", "status", "sub", "connection", "statement", "size", "created_at"]
+    table([_approval_row(r) for r in page["approvals"]], columns, title="Approvals")
+    if page["next"]:
+        again = (f" --status {status}" if status else "") + (f" --limit {limit}" if limit != 50 else "")
+        info(f"more: hoop approvals list{again} --cursor {page['next']}")
 
 
-def _decide(request_id: str, decision: str, reason: str, json_out: bool) -> None:
+EXCERPT_CHARS = 80  # of a statement in the table; --json gives what the gateway keeps (its first 4 KiB)
+
+
+def _approval_row(row: dict) -> dict:
+    """One line per request: the statement's whitespace folded and cut, its whole size beside it."""
+    text = " ".join(str(row.get("statement") or "").split())
+    if len(text) > EXCERPT_CHARS or row.get("truncated"):
+        text = text[:EXCERPT_CHARS] + "…"
+    size = int(row.get("statement_bytes") or 0)
+    shown = f"{size} B" if size < 1024 else f"{size / 1024:.1f} KiB" if size < 1024 * 1024 else f"{size / 1024 / 1024:.1f} MiB"
+    return {**row, "statement": text, "size": shown}
+
+
+def _decide(request_id: str, decision: str, reason: str, json_out: bool, sha256: str | None = None) -> None:
     from hoopcli.output import emit_json, info
 
-    result = _api().decide(request_id, decision, reason)
+    result = _api().decide(request_id, decision, reason, sha256)
     if json_out:
         emit_json(result)
     else:
@@ -302,9 +324,14 @@ def _decide(request_id: str, decision: str, reason: str, json_out: bool) -> None
 
 
 @approvals_app.command("approve")
-def approvals_approve(request_id: str, reason: str = typer.Option("", "--reason"), json_out: bool = JsonOpt) -> None:
+def approvals_approve(
+    request_id: str,
+    reason: str = typer.Option("", "--reason"),
+    sha256: Optional[str] = typer.Option(None, "--sha256", help="Approve only if the statement's SHA-256 is this (for long statements read elsewhere)."),
+    json_out: bool = JsonOpt,
+) -> None:
     """Approve a held statement: its requester may run it once within the window."""
-    _decide(request_id, "approve", reason, json_out)
+    _decide(request_id, "approve", reason, json_out, sha256)
 
 
 @approvals_app.command("deny")

@@ -46,10 +46,18 @@ class GatewayAPI:
         return self._call("GET", f"/api/connections/{quote(name, safe='')}")
 
     def approvals(self, status: str | None = None) -> list[dict]:
-        return self._call("GET", "/api/approvals", params={"status": status} if status else None)["approvals"]
+        """The first page only (see approvals_page)."""
+        return self.approvals_page(status)["approvals"]
 
-    def decide(self, request_id: str, decision: str, reason: str) -> dict:
-        return self._call("POST", f"/api/approvals/{request_id}/{decision}", json={"reason": reason})
+    def approvals_page(self, status: str | None = None, limit: int | None = None, cursor: str | None = None) -> dict:
+        """{"approvals": [...], "next": cursor of the next page or None}: one bounded page."""
+        params = {k: v for k, v in (("status", status), ("limit", limit), ("cursor", cursor)) if v}
+        answer = self._call("GET", "/api/approvals", params=params or None)
+        return {"approvals": answer["approvals"], "next": answer.get("next")}
+
+    def decide(self, request_id: str, decision: str, reason: str, sha256: str | None = None) -> dict:
+        body = {"reason": reason} if sha256 is None else {"reason": reason, "sha256": sha256}
+        return self._call("POST", f"/api/approvals/{request_id}/{decision}", json=body)
 
     def audit(self, **filters) -> list[dict]:
         params = {k: v for k, v in filters.items() if v is not None}

@@ -5,8 +5,11 @@ GET  /api/connections                      connections the caller may use
 GET  /api/connections/{name}               one of them (404 unknown, 403 not allowed)
 GET  /api/audit?sub=&connection=&since=&kind=&limit=   auditors only
 GET  /api/audit/verify                     auditors only
-GET  /api/approvals?status=                approvers see all; others their own
-POST /api/approvals/{id}/approve|deny      approvers only, never the requester
+GET  /api/approvals?status=&limit=&cursor= approvers see all; others their own; a page of at
+                                           most `limit` (50, up to 500), oldest first, and
+                                           `next`: the cursor of the next page or null
+POST /api/approvals/{id}/approve|deny      approvers only, never the requester; the body may
+                                           carry "sha256": approve only that exact statement
 
 Every call but /healthz needs `Authorization: Bearer <token>`, verified like a CONNECT.
 """
@@ -51,13 +54,7 @@ async def handle_api(gw, request: Request, body: bytes) -> tuple[int, object]:
             records = await loop.run_in_executor(None, lambda: _query(gw, query))
             return 200, {"records": records, "truncated": len(records) >= _limit(query)}
     if path == "/api/approvals" and request.method == "GET":
-        try:
-            requests_ = gw.approvals.list(status=query.get("status") or None)
-        except ValueError as exc:
-            raise BadRequest(400, str(exc)) from None
-        if not set(identity.groups) & set(gw.settings.approver_groups):
-            requests_ = [r for r in requests_ if r.sub == identity.sub]
-        return 200, {"approvals": [public_request(r) for r in requests_]}
+        return 200, _approvals_page(gw, identity, query)
     if path.startswith("/api/approvals/") and request.method == "POST":
         return _decide(gw, identity, path, body)
     raise BadRequest(404, f"no such endpoint {request.method} {path}")
@@ -101,18 +98,44 @@ def _query(gw, query: dict) -> list[dict]:
         raise BadRequest(400, str(exc)) from None
 
 
+def _approvals_page(gw, identity: Identity, query: dict) -> dict:
+    """One bounded page: `limit` requests of at most PREFIX_BYTES of statement each."""
+    from hoopcli.gateway.approvals import DEFAULT_PAGE, MAX_PAGE
+
+    limit = query.get("limit") or str(DEFAULT_PAGE)
+    if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= MAX_PAGE:
+        raise BadRequest(400, f"limit must be a whole number from 1 to {MAX_PAGE}")
+    mine_only = not set(identity.groups) & set(gw.settings.approver_groups)
+    try:
+        rows, cursor = gw.approvals.page(
+            query.get("status") or None,
+            sub=identity.sub if mine_only else None,
+            limit=int(limit),
+            after=query.get("cursor") or None,
+        )
+    except ValueError as exc:
+        raise BadRequest(400, str(exc)) from None
+    return {"approvals": [public_request(r) for r in rows], "next": cursor}
+
+
 def _decide(gw, identity: Identity, path: str, body: bytes):
     parts = path.split("/")
     if len(parts) != 5 or parts[4] not in ("approve", "deny"):
         raise BadRequest(404, "use POST /api/approvals/{id}/approve or /deny")
     request_id, decision = parts[3], parts[4]
     try:
-        reason = str(json.loads(body or b"{}").get("reason", ""))
+        fields = json.loads(body or b"{}")
+        reason = str(fields.get("reason", ""))
+        sha256 = fields.get("sha256")
     except (ValueError, AttributeError):
-        raise BadRequest(400, "body must be JSON: {\"reason\": \"...\"}") from None
-    action = gw.approvals.approve if decision == "approve" else gw.approvals.deny
+        raise BadRequest(400, "body must be JSON: {\"reason\": \"...\", \"sha256\": \"...\"}") from None
+    if sha256 is not None and (decision != "approve" or not isinstance(sha256, str)):
+        raise BadRequest(400, "sha256 is a hex string, and only for approve")
     try:
-        request = action(request_id, identity.sub, set(identity.groups), reason)
+        if decision == "approve":
+            request = gw.approvals.approve(request_id, identity.sub, set(identity.groups), reason, sha256=sha256)
+        else:
+            request = gw.approvals.deny(request_id, identity.sub, set(identity.groups), reason)
     except KeyError:
         raise BadRequest(404, f"no approval request {request_id}") from None
     except PermissionError as exc:

@@ -5,15 +5,24 @@ one of the approver groups, and never the requester) approves or denies it; an a
 exactly that statement text through once, for the same identity on the same connection,
 within a window. The book lives in memory and is thread-safe; a store (anything with
 `save(request)` and `load()`) can keep it across restarts.
+
+A request keeps a bounded prefix of its statement (PREFIX_BYTES of UTF-8, cut on a character
+boundary) with the full text's SHA-256 and length, never the whole text: a statement can be
+up to 64 MiB, and a held one never ran. The grant is matched by (sub, connection, SHA-256),
+so only the exact text that was approved runs, however long its common prefix with another.
+Per requester, the pending requests are capped in number and in bytes of statement.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
+import re
 import secrets
 import threading
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Callable, Iterable, Literal, Protocol
 
 __all__ = [
@@ -23,6 +32,9 @@ __all__ = [
     "ApprovalStore",
     "DEFAULT_GRANT_WINDOW",
     "DEFAULT_PENDING_TTL",
+    "PREFIX_BYTES",
+    "StatementDigest",
+    "digest_statement",
 ]
 
 log = logging.getLogger(__name__)
@@ -34,6 +46,56 @@ DEFAULT_GRANT_WINDOW = 15 * 60.0  # an approval must be used within this many se
 DEFAULT_PENDING_TTL = 60 * 60.0  # an undecided request expires after this many seconds
 DEFAULT_RETENTION = 24 * 60 * 60.0  # finished requests are forgotten after this many seconds
 DEFAULT_MAX_PENDING_PER_SUB = 100
+DEFAULT_MAX_PENDING_BYTES = 64 * 1024 * 1024  # per requester: the sum of their pending statements' sizes
+DEFAULT_MAX_FINISHED = 5_000  # decided, used and expired requests kept for `list` (oldest go first)
+DEFAULT_PAGE = 50
+MAX_PAGE = 500
+PREFIX_BYTES = 4096  # what a request (and a blocked statement's record) keeps of a long statement
+_HASH_CHUNK = 1 << 20  # characters encoded at a time: hashing 16 MiB never copies it whole
+
+
+@dataclass(frozen=True, slots=True)
+class StatementDigest:
+    """A statement reduced to what can be kept for a long time: a prefix and proof of the rest."""
+
+    prefix: str  # the first PREFIX_BYTES bytes of UTF-8 at most, whole characters only
+    sha256: str  # hex, of the whole text as UTF-8 (lone surrogates encoded as themselves)
+    chars: int
+    size: int  # bytes of UTF-8
+
+    @property
+    def truncated(self) -> bool:
+        return len(self.prefix) < self.chars
+
+
+def digest_statement(text: str, keep: int = PREFIX_BYTES) -> StatementDigest:
+    """Hash `text` in slices (no whole UTF-8 copy of a 16 MiB statement) and cut its prefix."""
+    digest = hashlib.sha256()
+    size = 0
+    for start in range(0, len(text), _HASH_CHUNK):
+        raw = text[start : start + _HASH_CHUNK].encode("utf-8", "surrogatepass")
+        digest.update(raw)
+        size += len(raw)
+    return StatementDigest(_prefix(text, keep), digest.hexdigest(), len(text), size)
+
+
+# A cut can fall inside the literal after one of these words, where no masking rule would
+# find its end: a truncated prefix stops before the first of them.
+_SECRET_WORD = re.compile(r"(?i)password|identified")
+
+
+def _prefix(text: str, keep: int) -> str:
+    head = text[:keep]  # never more than `keep` bytes are needed, and a character is >= 1 byte
+    raw = head.encode("utf-8", "surrogatepass")
+    if len(raw) > keep:
+        cut = keep
+        while raw[cut] & 0xC0 == 0x80:  # raw[cut] continues a character that began before the cut
+            cut -= 1
+        head = raw[:cut].decode("utf-8", "surrogatepass")
+    if len(head) == len(text):
+        return head
+    secret = _SECRET_WORD.search(head)
+    return head[: secret.start()] if secret else head
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +105,7 @@ class ApprovalRequest:
     id: str
     sub: str
     connection: str
-    statement: str
+    statement: str  # the whole text when short; else its prefix (truncated=True)
     categories: tuple[str, ...]
     created_at: float
     expires_at: float  # a pending request expires here; an approved grant at grant_expires_at
@@ -53,10 +115,14 @@ class ApprovalRequest:
     reason: str = ""
     grant_expires_at: float | None = None
     used_at: float | None = None
+    statement_sha256: str = ""  # of the whole text: what a grant is matched by
+    statement_chars: int = 0
+    statement_bytes: int = 0
+    truncated: bool = False
 
     @property
     def key(self) -> tuple[str, str, str]:
-        return (self.sub, self.connection, self.statement)
+        return (self.sub, self.connection, self.statement_sha256)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -65,7 +131,43 @@ class ApprovalRequest:
 
     @classmethod
     def from_dict(cls, data: dict) -> ApprovalRequest:
-        return cls(**{**data, "categories": tuple(data.get("categories", ()))})
+        """Also reads requests saved before they kept a prefix and hash (their statement is
+        whole then: it is digested now, and cut like a new one)."""
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}
+        data["categories"] = tuple(data.get("categories", ()))
+        if not data.get("statement_sha256"):
+            data.update(_digest_fields(digest_statement(data.get("statement") or "")))
+        return cls(**data)
+
+
+def _digest_fields(digest: StatementDigest) -> dict:
+    return {
+        "statement": digest.prefix,
+        "statement_sha256": digest.sha256,
+        "statement_chars": digest.chars,
+        "statement_bytes": digest.size,
+        "truncated": digest.truncated,
+    }
+
+
+def _finished_at(request: ApprovalRequest) -> float:
+    return request.used_at or request.decided_at or request.expires_at
+
+
+def _cursor(request: ApprovalRequest) -> str:
+    return f"{request.created_at!r}_{request.id}"
+
+
+def _parse_cursor(cursor: str) -> tuple[float, str]:
+    created, _, request_id = str(cursor).rpartition("_")
+    try:
+        at = float(created)
+    except ValueError:
+        at = math.nan
+    if not math.isfinite(at) or not request_id:
+        raise ValueError(f"bad cursor {cursor!r}: pass the `next` value of the previous page")
+    return at, request_id
 
 
 class ApprovalStateError(ValueError):
@@ -90,6 +192,10 @@ class ApprovalBook:
     approver_groups: names of the groups whose members may decide; none means nobody can.
     grant_window: seconds an approval stays usable (default 15 min).
     pending_ttl: seconds a request waits for a decision before it expires (default 1 h).
+    max_pending_per_sub / max_pending_bytes: how many requests, and how many bytes of statement
+    in all, one requester may have waiting; past either, `request` refuses.
+    retention / max_finished: finished requests are forgotten after `retention` seconds, and
+    the oldest first once there are more than `max_finished`.
     on_request(request): called for each new request (not for a reused one), e.g. a webhook.
     on_decision(request): called after approve, deny and consume, e.g. an audit record.
     Callbacks run outside the lock; their exceptions are logged and swallowed.
@@ -103,6 +209,8 @@ class ApprovalBook:
         pending_ttl: float = DEFAULT_PENDING_TTL,
         retention: float = DEFAULT_RETENTION,
         max_pending_per_sub: int = DEFAULT_MAX_PENDING_PER_SUB,
+        max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
+        max_finished: int = DEFAULT_MAX_FINISHED,
         clock: Callable[[], float] = time.time,
         on_request: Callable[[ApprovalRequest], None] | None = None,
         on_decision: Callable[[ApprovalRequest], None] | None = None,
@@ -118,7 +226,12 @@ class ApprovalBook:
         self.grant_window = float(grant_window)
         self.pending_ttl = float(pending_ttl)
         self.retention = float(retention)
+        for name, count in (("max_pending_per_sub", max_pending_per_sub), ("max_pending_bytes", max_pending_bytes), ("max_finished", max_finished)):
+            if not (isinstance(count, int) and count > 0):
+                raise ValueError(f"{name} must be a positive whole number, got {count!r}")
         self.max_pending_per_sub = max_pending_per_sub
+        self.max_pending_bytes = max_pending_bytes
+        self.max_finished = max_finished
         self._clock = clock
         self.on_request = on_request
         self.on_decision = on_decision
@@ -167,12 +280,33 @@ class ApprovalBook:
         return request
 
     def _sweep(self, now: float, changed: list[ApprovalRequest]) -> None:
+        finished = []
         for request in list(self._requests.values()):
             request = self._expire(request, now, changed)
             if request.status not in ("pending", "approved"):
-                finished = request.used_at or request.decided_at or request.expires_at
-                if now - finished >= self.retention:
+                if now - _finished_at(request) >= self.retention:
                     del self._requests[request.id]
+                else:
+                    finished.append(request)
+        if len(finished) > self.max_finished:
+            finished.sort(key=_finished_at)
+            for request in finished[: len(finished) - self.max_finished]:
+                del self._requests[request.id]
+
+    def _check_room(self, sub: str, digest: StatementDigest) -> None:
+        """Raise PermissionError when `sub` may not file one more request of this size."""
+        pending = [r for r in self._requests.values() if r.status == "pending" and r.sub == sub]
+        if len(pending) >= self.max_pending_per_sub:
+            raise PermissionError(
+                f"too many approval requests pending for {sub} ({len(pending)}); wait for an approver to decide"
+            )
+        waiting = sum(r.statement_bytes for r in pending)
+        if waiting + digest.size > self.max_pending_bytes:
+            raise PermissionError(
+                f"too many pending approval bytes for {sub}: {waiting} bytes of statements already wait "
+                f"and this one has {digest.size}, over the limit of {self.max_pending_bytes}; "
+                "wait for an approver to decide, or send a smaller statement"
+            )
 
     def _save(self, changed: list[ApprovalRequest]) -> None:
         """Persist and report changes; called without the lock held."""
@@ -197,23 +331,22 @@ class ApprovalBook:
     def request(self, sub: str, connection: str, statement: str, categories: Iterable[str] = ()) -> ApprovalRequest:
         """File a request, or return the pending one for the same (sub, connection, statement).
 
-        Raises PermissionError when `sub` already has `max_pending_per_sub` pending requests."""
+        The request keeps the statement's digest (prefix, SHA-256, length), not the statement.
+        Raises PermissionError when `sub` already has `max_pending_per_sub` pending requests,
+        or this statement would take their pending statements past `max_pending_bytes`."""
+        digest = digest_statement(statement)  # outside the lock: hashing 64 MiB takes a while
         changed: list[ApprovalRequest] = []
         created = None
         with self._lock:
             now = self._clock()
-            key = (sub, connection, statement)
+            key = (sub, connection, digest.sha256)
             existing_id = self._pending_by_key.get(key)
             if existing_id is not None:
                 existing = self._expire(self._requests[existing_id], now, changed)
                 if existing.status == "pending":
                     return existing
             self._sweep(now, changed)
-            pending = sum(1 for r in self._requests.values() if r.status == "pending" and r.sub == sub)
-            if pending >= self.max_pending_per_sub:
-                raise PermissionError(
-                    f"too many approval requests pending for {sub} ({pending}); wait for an approver to decide"
-                )
+            self._check_room(sub, digest)
             request_id = self._new_id().lower()
             while request_id in self._requests:
                 request_id = self._new_id().lower()
@@ -222,10 +355,10 @@ class ApprovalBook:
                     id=request_id,
                     sub=sub,
                     connection=connection,
-                    statement=statement,
                     categories=tuple(categories),
                     created_at=now,
                     expires_at=now + self.pending_ttl,
+                    **_digest_fields(digest),
                 ),
                 changed,
             )
@@ -236,8 +369,9 @@ class ApprovalBook:
     def consume(self, sub: str, connection: str, statement: str) -> ApprovalRequest | None:
         """Use the oldest live approval of exactly this statement for this sub and connection.
 
-        Returns it marked `used` (its one use is spent), or None when there is none."""
-        key = (sub, connection, statement)
+        The statement is matched by its SHA-256: a text that only shares the approved one's
+        prefix finds no grant. Returns it marked `used` (its one use is spent), or None."""
+        key = (sub, connection, digest_statement(statement, keep=0).sha256)
         changed: list[ApprovalRequest] = []
         used = None
         with self._lock:
@@ -255,13 +389,22 @@ class ApprovalBook:
     # ---- the approver's side ---------------------------------------------------------------
 
     def approve(
-        self, request_id: str, approver_sub: str, approver_groups: Iterable[str], reason: str = ""
+        self,
+        request_id: str,
+        approver_sub: str,
+        approver_groups: Iterable[str],
+        reason: str = "",
+        *,
+        sha256: str | None = None,
     ) -> ApprovalRequest:
         """Grant one use of the request's statement, within `grant_window` seconds from now.
 
+        sha256: when given, approve only if the statement's SHA-256 is this (an approver who
+        read a long statement's whole text elsewhere proves it is the one they approve).
         PermissionError when the approver is the requester or in none of the approver groups;
-        ApprovalStateError when the request is no longer pending; KeyError for an unknown id."""
-        return self._decide(request_id, approver_sub, approver_groups, reason, "approved")
+        ApprovalStateError when the request is no longer pending or the hash differs;
+        KeyError for an unknown id."""
+        return self._decide(request_id, approver_sub, approver_groups, reason, "approved", sha256)
 
     def deny(
         self, request_id: str, approver_sub: str, approver_groups: Iterable[str], reason: str = ""
@@ -270,7 +413,13 @@ class ApprovalBook:
         return self._decide(request_id, approver_sub, approver_groups, reason, "denied")
 
     def _decide(
-        self, request_id: str, approver_sub: str, approver_groups: Iterable[str], reason: str, status: Status
+        self,
+        request_id: str,
+        approver_sub: str,
+        approver_groups: Iterable[str],
+        reason: str,
+        status: Status,
+        sha256: str | None = None,
     ) -> ApprovalRequest:
         verb = "approve" if status == "approved" else "deny"
         changed: list[ApprovalRequest] = []
@@ -295,6 +444,11 @@ class ApprovalBook:
                 request = self._expire(request, now, changed)
                 if request.status != "pending":
                     raise ApprovalStateError(f"request {request.id} is {request.status}, not pending")
+                if sha256 is not None and sha256.strip().lower() != request.statement_sha256:
+                    raise ApprovalStateError(
+                        f"request {request.id} is for the statement with SHA-256 {request.statement_sha256}, "
+                        f"not {sha256.strip()}; nothing was approved"
+                    )
                 decided = self._put(
                     replace(
                         request,
@@ -337,6 +491,22 @@ class ApprovalBook:
             found = [r for r in self._requests.values() if status is None or r.status == status]
         self._save(changed)
         return sorted(found, key=lambda r: (r.created_at, r.id))
+
+    def page(
+        self, status: str | None = None, *, sub: str | None = None, limit: int = DEFAULT_PAGE, after: str | None = None
+    ) -> tuple[list[ApprovalRequest], str | None]:
+        """Up to `limit` requests (of `status`, filed by `sub`), oldest first, starting after
+        the cursor `after`; and the cursor of the next page, or None when this is the last."""
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValueError(f"limit must be between 1 and {MAX_PAGE}")
+        start = _parse_cursor(after) if after else None
+        found = [
+            r
+            for r in self.list(status)
+            if (sub is None or r.sub == sub) and (start is None or (r.created_at, r.id) > start)
+        ]
+        rows = found[:limit]
+        return rows, _cursor(rows[-1]) if len(found) > limit else None
 
     def wait(self, request_id: str, timeout: float | None = None) -> Status:
         """Block until the request leaves `pending` or `timeout` seconds pass; return its status.

@@ -26,6 +26,7 @@ from hoopcli.gateway.http import (
     parse_head,
     response,
 )
+from hoopcli.gateway.approvals import digest_statement
 from hoopcli.gateway.audit.record import check
 from hoopcli.gateway.identity import TokenRejected
 from hoopcli.netutil import set_nodelay
@@ -107,13 +108,24 @@ class SessionRecorder:
             self._statement(outcome, tag, code, message)
 
     def _blocked(self, event: StatementBlocked) -> None:
+        """A held or denied statement never ran: a long one is recorded as its prefix and the
+        SHA-256 and length of the whole (as its approval request keeps it), not up to 64 MiB."""
         verdict: Verdict = event.verdict
+        details = {"request_id": verdict.request_id, "rule": verdict.rule}
+        digest = digest_statement(event.text)
+        if digest.truncated:
+            details.update(
+                statement_sha256=digest.sha256,
+                statement_chars=digest.chars,
+                statement_bytes=digest.size,
+                truncated=True,
+            )
         self.record(
             "statement",
-            statement=event.text,
+            statement=digest.prefix,
             outcome="held" if verdict.action == "hold" else "denied",
             message=verdict.message,
-            details={"request_id": verdict.request_id, "rule": verdict.rule},
+            details=details,
         )
 
     def record(self, kind: str, **fields) -> None:

@@ -32,6 +32,8 @@ class GatewaySettings:
     auditor_groups: tuple[str, ...] = ("auditors",)
     approval_window_seconds: int = 900
     approval_webhook: str = ""
+    approval_max_pending: int = 100  # per requester: requests waiting for a decision
+    approval_max_pending_bytes: int = 64 * 1024 * 1024  # per requester: bytes of statement they hold
     export_jsonl: str = ""
     export_webhook: str = ""
     issuers: list[TrustedIssuer] = field(default_factory=list)
@@ -73,6 +75,10 @@ def settings_from_dict(raw: dict, base_dir: Path | None = None) -> GatewaySettin
         auditor_groups=_strings(gw.get("auditor_groups", ["auditors"]), "gateway.auditor_groups"),
         approval_window_seconds=int(approval.get("window_seconds", 900)),
         approval_webhook=_safe_url(approval["webhook"], "gateway.approvals.webhook") if approval.get("webhook") else "",
+        approval_max_pending=_positive(approval.get("max_pending", 100), "gateway.approvals.max_pending"),
+        approval_max_pending_bytes=_positive(
+            approval.get("max_pending_bytes", 64 * 1024 * 1024), "gateway.approvals.max_pending_bytes"
+        ),
         export_jsonl=str(export.get("jsonl", "")),
         export_webhook=_safe_url(export["webhook"], "gateway.export.webhook") if export.get("webhook") else "",
         issuers=[_issuer(i, n) for n, i in enumerate(raw.get("issuers", []))],
@@ -117,6 +123,12 @@ def _strings(value, where: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError(f"{where} must be a list of strings, e.g. [\"a\", \"b\"]")
     return tuple(value)
+
+
+def _positive(value, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{where} must be a positive whole number, not {value!r}")
+    return value
 
 
 def _bool(value, where: str) -> bool:
