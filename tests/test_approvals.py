@@ -257,3 +257,167 @@ def test_constructor_validation():
         ApprovalBook("dba")
     with pytest.raises(ValueError, match="grant_window"):
         ApprovalBook({"dba"}, grant_window=0)
+
+
+# ---- bounded requests: a prefix, the hash and the length, never the whole text (issue 17 #6) ----
+
+from hoopcli.gateway.approvals import PREFIX_BYTES, digest_statement  # noqa: E402
+
+LONG = "DELETE FROM orders /* " + "x" * (2 * PREFIX_BYTES) + " */"
+
+
+def _sha(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_a_long_request_keeps_a_prefix_its_hash_and_its_length(book):
+    req = book.request("alice", "app-db", LONG, ("delete",))
+    assert req.truncated and LONG.startswith(req.statement)
+    assert len(req.statement.encode()) == PREFIX_BYTES
+    assert (req.statement_sha256, req.statement_chars, req.statement_bytes) == (_sha(LONG), len(LONG), len(LONG))
+    short = book.request("alice", "app-db", STMT)
+    assert (short.statement, short.truncated, short.statement_sha256) == (STMT, False, _sha(STMT))
+
+
+def test_the_prefix_is_cut_on_a_character_boundary():
+    for filler in ("é", "€", "😀"):  # 2, 3 and 4 bytes of UTF-8: the cut lands inside some
+        for shift in range(4):
+            text = "x" * shift + filler * PREFIX_BYTES
+            digest = digest_statement(text)
+            raw = digest.prefix.encode()
+            assert PREFIX_BYTES - 3 <= len(raw) <= PREFIX_BYTES and text.startswith(digest.prefix)
+            assert (digest.size, digest.sha256, digest.truncated) == (len(text.encode()), _sha(text), True)
+
+
+def test_lone_surrogates_are_hashed_not_refused():
+    digest = digest_statement("select '\udcff'")  # the engines decode with "replace", but be total
+    assert not digest.truncated and len(digest.sha256) == 64
+
+
+def test_a_truncated_prefix_stops_before_a_password_it_might_cut_open():
+    filler = "x" * (PREFIX_BYTES - 30)  # the cut falls inside the literal: "… PASSWORD 'hunt"
+    text = filler + "; ALTER ROLE app PASSWORD 'hunter2-and-more-of-the-secret'"
+    prefix = digest_statement(text).prefix
+    assert "hunt" not in prefix and prefix == filler + "; ALTER ROLE app "
+    assert digest_statement("ALTER ROLE app PASSWORD 'short'").prefix == "ALTER ROLE app PASSWORD 'short'"  # whole: masked later
+
+
+def test_a_grant_runs_only_the_exact_long_text_not_one_with_the_same_prefix(book):
+    req = book.request("alice", "app-db", LONG)
+    book.approve(req.id, "carol", ["dba"])
+    twin = LONG[:-4] + "y */"  # same 4 KiB prefix, same length, other text
+    assert digest_statement(twin).prefix == req.statement and len(twin) == len(LONG)
+    assert book.consume("alice", "app-db", twin) is None
+    assert book.consume("alice", "app-db", LONG).id == req.id
+    assert book.consume("alice", "app-db", LONG) is None
+
+
+def test_identical_long_resends_reuse_the_pending_request(book):
+    first = book.request("alice", "app-db", LONG)
+    assert book.request("alice", "app-db", str(LONG)).id == first.id
+    assert len(book.list("pending")) == 1
+
+
+def test_pending_bytes_are_capped_per_requester(clock):
+    book = ApprovalBook({"dba"}, clock=clock, max_pending_bytes=3 * len(LONG))
+    held = [book.request("alice", "app-db", LONG + f"-- {n}") for n in range(2)]
+    with pytest.raises(PermissionError, match=r"too many pending approval bytes for alice: \d+ bytes"):
+        book.request("alice", "app-db", LONG + "-- 2")
+    book.request("bob", "app-db", LONG + "-- 2")  # someone else's budget
+    book.deny(held[0].id, "carol", ["dba"])  # a decision frees the requester's room
+    assert book.request("alice", "app-db", LONG + "-- 2").status == "pending"
+
+
+def test_approve_by_hash_refuses_another_hash(book):
+    req = book.request("alice", "app-db", LONG)
+    with pytest.raises(ApprovalStateError, match="nothing was approved"):
+        book.approve(req.id, "carol", ["dba"], sha256=_sha(LONG + " "))
+    assert book.get(req.id).status == "pending"
+    assert book.approve(req.id, "carol", ["dba"], sha256=_sha(LONG).upper()).status == "approved"
+
+
+def test_requests_saved_before_the_prefix_format_still_load(clock):
+    class OldStore:  # rows as the book wrote them when it kept whole statements
+        rows = [
+            {"id": "0000aaaa", "sub": "alice", "connection": "app-db", "statement": LONG, "categories": ["delete"],
+             "created_at": clock.now, "expires_at": clock.now + 600, "status": "approved", "decided_by": "carol",
+             "decided_at": clock.now, "reason": "", "grant_expires_at": clock.now + 600, "used_at": None},
+        ]
+
+        def save(self, request):
+            pass
+
+        def load(self):
+            return [ApprovalRequest.from_dict(row) for row in self.rows]
+
+    book = ApprovalBook({"dba"}, clock=clock, store=OldStore())
+    loaded = book.get("0000aaaa")
+    assert loaded.truncated and loaded.statement_sha256 == _sha(LONG) and len(loaded.statement) == PREFIX_BYTES
+    assert book.consume("alice", "app-db", LONG).id == "0000aaaa"  # its grant still works, by hash
+    again = ApprovalRequest.from_dict(loaded.to_dict())  # and the new format round-trips as is
+    assert again == loaded
+
+
+def test_requests_do_not_hold_the_statement_in_memory(clock):
+    import tracemalloc
+
+    book = ApprovalBook({"dba"}, clock=clock, max_pending_bytes=1 << 40)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(40):
+            text = f"DELETE FROM t /* {n} " + "x" * (1 << 20) + " */"  # 1 MiB each, 40 MiB in all
+            book.request("alice", "app-db", text)
+            del text
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(book.list("pending")) == 40
+    assert grown < 1 << 20, f"the book kept {grown} bytes for 40 held 1 MiB statements"
+
+
+def test_finished_requests_are_capped_oldest_first_and_pending_ones_never(clock):
+    book = ApprovalBook({"dba"}, clock=clock, max_finished=3)
+    denied = []
+    for n in range(5):
+        clock.now += 1
+        denied.append(book.deny(book.request("alice", "app-db", f"DROP TABLE t{n}").id, "carol", ["dba"]).id)
+    waiting = book.request("alice", "app-db", "DROP TABLE keep")
+    remaining = {r.id for r in book.list()}
+    assert remaining == {*denied[2:], waiting.id}
+
+
+def test_pages_cover_every_request_once_in_order(clock):
+    book = ApprovalBook({"dba"}, clock=clock)
+    for n in range(7):
+        book.request("alice" if n % 2 else "bob", "app-db", f"DROP TABLE t{n}")  # same created_at: ids break ties
+    seen, cursor = [], None
+    for _ in range(10):
+        rows, cursor = book.page(limit=3, after=cursor)
+        seen += rows
+        if cursor is None:
+            break
+    assert [r.id for r in seen] == [r.id for r in book.list()] and len(seen) == 7
+    mine, more = book.page(sub="alice", limit=50)
+    assert {r.sub for r in mine} == {"alice"} and len(mine) == 3 and more is None
+
+
+@pytest.mark.parametrize("limit", [0, 501])
+def test_page_limit_is_bounded(book, limit):
+    with pytest.raises(ValueError, match="limit"):
+        book.page(limit=limit)
+
+
+@pytest.mark.parametrize("cursor", ["nonsense", "nan_abc", "inf_abc", "1.5_", "_abc"])
+def test_a_bad_cursor_is_refused(book, cursor):
+    with pytest.raises(ValueError, match="bad cursor"):
+        book.page(after=cursor)
+
+
+def test_cap_settings_are_validated():
+    with pytest.raises(ValueError, match="max_pending_bytes"):
+        ApprovalBook({"dba"}, max_pending_bytes=0)
+    with pytest.raises(ValueError, match="max_finished"):
+        ApprovalBook({"dba"}, max_finished=-1)
