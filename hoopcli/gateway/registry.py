@@ -26,6 +26,13 @@ class Connection:
     policy: dict | str | None = None
     # False: bytes pass untouched (the tcp engine); the trail keeps connect/session_end only.
     record: bool = True
+    # With a `database`: sessions may use only that one (start-up packet, handshake, USE,
+    # COM_INIT_DB, COM_CHANGE_USER). False makes `database` a default the client may change.
+    pin_database: bool = True
+
+    @property
+    def pinned_database(self) -> str | None:
+        return self.database if self.database and self.pin_database else None
 
     def allows(self, identity: Identity) -> bool:
         return identity.sub in self.subjects or bool(set(identity.groups) & set(self.groups))
@@ -39,6 +46,7 @@ class Connection:
             "database": self.database,
             "credentials": self.credentials or {"broker": "none"},
             "gated": bool(self.policy),
+            "database_pinned": self.pinned_database is not None,
         }
 
 
@@ -86,6 +94,9 @@ def connection_from_config(name: str, entry: dict) -> Connection:
     record = entry.get("record", True)
     if not isinstance(record, bool):
         fail("record must be true or false")
+    pin_database = entry.get("pin_database", True)
+    if not isinstance(pin_database, bool):
+        fail("pin_database must be true or false")
     if policy and not record:
         fail("record = false cannot be combined with a policy: the policy judges the statements it would not see")
     return Connection(
@@ -100,4 +111,5 @@ def connection_from_config(name: str, entry: dict) -> Connection:
         credentials=dict(entry.get("credentials", {})),
         policy=policy,
         record=record,
+        pin_database=pin_database,
     )

@@ -26,7 +26,7 @@ What the classifier guarantees, and what it does not:
 
 from .categories import ACTIONS, CATEGORIES, Dialect, PolicyAction, StatementClass
 from .classifier import classify
-from .gate import make_gate
+from .gate import database_pin, make_gate
 from .rules import DEFAULT_RULES, MAX_JUDGED_CHARS, Decision, Policy, Rule
 
 __all__ = [
@@ -41,5 +41,6 @@ __all__ = [
     "Rule",
     "StatementClass",
     "classify",
+    "database_pin",
     "make_gate",
 ]

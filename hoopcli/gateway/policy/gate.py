@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from hoopcli.gateway.protocols.base import ALLOW, Gate, Verdict
 
 from .categories import Dialect
 from .classifier import _classify
+from .mysql import use_targets
 from .rules import Policy
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -23,20 +24,28 @@ def make_gate(
     identity: tuple[str, Iterable[str]],
     connection: str,
     dialect: Dialect,
+    *,
+    database: str | None = None,
 ) -> Gate:
     """The `gate(text) -> Verdict` a wire engine calls for each statement of one session.
 
     A statement that needs approval is let through once when an approver has granted exactly
     this text to this identity on this connection (the verdict carries the request id for the
     audit record); otherwise a request is filed (or the pending one reused) and it is held.
-    Without an approval book, statements that need approval are denied."""
+    Without an approval book, statements that need approval are denied. With `database`, a
+    statement that would leave that database (MySQL `USE`) is denied whatever the policy says."""
     sub, groups = identity
     groups = frozenset(groups)
     identity = (sub, groups)
     _classify("", dialect)  # reject an unknown dialect now, not on the first statement
+    pinned = database_pin(database, dialect)
 
     def gate(text: str) -> Verdict:
         try:
+            if pinned is not None:
+                refusal = pinned(text)
+                if refusal is not None:
+                    return refusal
             decision = policy.decide(text, identity, dialect)
         except Exception:  # a bug here must not forward an unjudged statement
             log.exception("policy failed on a statement for %s on %s", sub, connection)
@@ -68,3 +77,24 @@ def make_gate(
 
     return gate
 
+
+def database_pin(database: str | None, dialect: str) -> Callable[[str], Verdict | None] | None:
+    """For a connection pinned to `database`: text -> a refusal when a statement would switch
+    to another database, else None. PostgreSQL cannot switch inside a session (the engine
+    checks the start-up packet), so only MySQL's `USE` (and COM_INIT_DB, gated as `USE`) is
+    read here. None when there is nothing to check."""
+    if not database or dialect not in ("mysql", "mariadb"):
+        return None
+    refusal = Verdict(
+        "deny",
+        f"hoop: this connection is pinned to database `{database}`; it cannot switch to another one",
+        rule="database-pinned",
+    )
+
+    def check(text: str) -> Verdict | None:
+        for target in use_targets(text):
+            if target != database:
+                return refusal
+        return None
+
+    return check

@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 
 from .categories import StatementClass, _extra_readings, _part
+from .mysql_risks import create_categories, set_statement, use_target
 
 _MY_WS = "[ \t\n\r\f\v]"
 _MY_WORD = r"[0-9A-Za-z_$\x80-\U0010ffff]+"
@@ -266,14 +267,42 @@ def _my_statement(st: _MyStatement, depth: int) -> tuple[set[str], str]:
         cats.add("admin")  # START SLAVE / REPLICA / GROUP_REPLICATION
     elif first == "BEGIN" and second not in ("", "WORK"):
         cats.add("do")  # MariaDB's anonymous block, BEGIN NOT ATOMIC ... END
+    elif first == "SET":
+        more, problem = set_statement("".join(st.canonical), lambda text: _nested(text, depth))
+        cats |= more
+        note = note or problem
     elif first in _MY_FIRST:
         cats.update(_MY_FIRST[first])
         if first == "INSERT" and "DUPLICATE" in words:
             cats.add("update")  # ON DUPLICATE KEY UPDATE
+        elif first == "CREATE" or first == "ALTER":
+            cats |= create_categories(words)
     else:
         cats.add("unparseable")
         note = note or f"unknown statement {first[:40]!r}"
+    if "LOAD_FILE" in words:
+        cats.add("copy_file")  # reads a file on the database server
     return cats, note
+
+
+def _nested(text: str, depth: int) -> list[tuple[tuple[str, ...], str]]:
+    return [(part.categories, part.note) for part in _classify_mysql_text(text, depth + 1)]
+
+
+def use_targets(sql: str) -> list[str | None]:
+    """The databases the `USE` statements in `sql` name, under every string-lexing reading
+    (None: a USE whose database cannot be told for sure). COM_INIT_DB reaches the gate as the
+    text ``USE `db` `` too."""
+    if "use" not in sql.lower():
+        return []
+    targets: list[str | None] = []
+    for backslash, ansi in ((True, False), (False, False), (True, True), (False, True)):
+        for st in _my_lex(sql, backslash, ansi):
+            if st.words and st.words[0] == "USE":
+                targets.append(use_target("".join(st.canonical)))
+            elif st.broken:
+                targets.append(None)
+    return targets
 
 
 def _classify_mysql_text(sql: str, depth: int = 0, backslash: bool = True, ansi: bool = False) -> list[StatementClass]:

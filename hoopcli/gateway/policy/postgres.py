@@ -9,6 +9,7 @@ import re
 from typing import Any, Mapping
 
 from .categories import StatementClass, _extra_readings, _part
+from .postgres_risks import LITERAL_DEPENDENT, pg_risk_scan, pg_walk_risks
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,8 @@ _PG_TOP: dict[str, tuple[str, ...]] = {
     "CreateTableAsStmt": ("create",),
     "IndexStmt": ("create",),
     "ViewStmt": ("create",),
-    "RuleStmt": ("create",),
-    "DefineStmt": ("create",),
+    "RuleStmt": ("create", "routine"),
+    "DefineStmt": ("create",),  # aggregates and operators (they call code) add "routine": postgres_risks.py
     "CompositeTypeStmt": ("create",),
     "CreatedbStmt": ("create",),
     "ImportForeignSchemaStmt": ("create",),
@@ -127,10 +128,16 @@ def _pg_dml_categories(kind: str, fields: Mapping[str, Any], out: set[str]) -> N
     elif kind == "MergeStmt":
         out.add("merge")
         for clause in fields.get("mergeWhenClauses") or ():
-            command = (clause.get("MergeWhenClause") or {}).get("commandType", "")
-            verb = {"CMD_DELETE": "delete", "CMD_UPDATE": "update", "CMD_INSERT": "insert"}.get(command)
-            if verb:
-                out.add(verb)
+            arm = clause.get("MergeWhenClause") or {}
+            verb = {"CMD_DELETE": "delete", "CMD_UPDATE": "update", "CMD_INSERT": "insert"}.get(arm.get("commandType", ""))
+            if verb is None:
+                continue
+            out.add(verb)
+            # An arm's own AND condition is its WHERE. The ON condition is a join, not a filter:
+            # `USING t AS s ON t.id = s.id` matches every row, so it never narrows an arm.
+            condition = arm.get("condition")
+            if verb != "insert" and (condition is None or not _pg_refers_to_rows(condition)):
+                out.add(f"{verb}_without_where")
 
 
 def _pg_walk_dml(node: Any, out: set[str]) -> None:
@@ -166,6 +173,8 @@ def _pg_node_categories(node: Mapping[str, Any], out: set[str]) -> None:
             else:
                 top = ("other",)
         out.update(top)
+        if fields.get("replace") is True:
+            out.add("alter")  # CREATE OR REPLACE changes an object that may already exist
         if kind == "GrantStmt" or kind == "GrantRoleStmt":
             out.add("grant" if fields.get("is_grant") else "revoke")
         elif kind == "AlterDefaultPrivilegesStmt":
@@ -205,6 +214,9 @@ def _pg_parse(sql: str, consts: dict[int, list[tuple[str, Any]]] | None = None) 
     if consts is not None:
         _pg_collect_consts(text, consts)
     walk = any(marker in text for marker in _PG_DML_MARKERS)
+    risks = pg_risk_scan(text)
+    if risks.literal_dependent and consts is not None:
+        consts[LITERAL_DEPENDENT] = []  # the masked-literal cache must not keep this shape
     raw = None if sql.isascii() else sql.encode("utf-8")  # parser locations are byte offsets
     parts = []
     for entry in tree.get("stmts", ()):
@@ -219,6 +231,8 @@ def _pg_parse(sql: str, consts: dict[int, list[tuple[str, Any]]] | None = None) 
         _pg_node_categories(node, cats)
         if walk:
             _pg_walk_dml(node, cats)
+        if risks.found:
+            pg_walk_risks(node, cats)
         parts.append(_part(part_text, cats))
     return parts
 

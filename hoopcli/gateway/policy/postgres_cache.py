@@ -7,6 +7,7 @@ from typing import Any
 
 from .categories import CACHE_SIZE, StatementClass, _part
 from .postgres import _pg_parse
+from .postgres_risks import LITERAL_DEPENDENT
 
 # pgbench, ORMs and hand-written code put values into the statement text (`... WHERE aid =
 # 12345`), so the exact-text cache misses on every call and each statement pays for the
@@ -21,7 +22,8 @@ from .postgres import _pg_parse
 # 2. The classifier never looks into A_Const nodes: _pg_node_categories, _pg_walk_dml and
 #    _pg_refers_to_rows read node types, keyword flags, ColumnRefs and option arguments
 #    (EXPLAIN (ANALYZE 0), COPY ... 'file'), none of which is an A_Const. So its result cannot
-#    depend on those literals' values.
+#    depend on those literals' values. The one exception, the encoding check of
+#    postgres_risks.py, marks its texts so that they are never stored (see below).
 #
 # Another text with the same key differs only inside masked literals, and each of its masked
 # literals is of the same kind: a decimal integer of at most 9 digits (always an ICONST, never
@@ -35,7 +37,9 @@ from .postgres import _pg_parse
 # values, which (2) ignores: the classification is the same. A first text that fails (1) (a
 # literal in a DO body or a COPY file name, EXPLAIN (ANALYZE 0), E'' or U&'' strings, a string
 # continued on the next line, `float(10)`, `+5` in SET, ...) marks its key "exact text only".
-# Unparseable text is never stored. tests/test_policy_masked.py checks all of this against the
+# Unparseable text is never stored, nor is text whose categories read a literal's value
+# (`SET client_encoding = 'SJIS'`, `set_config('client_encoding', …)`: postgres_risks.py marks
+# it LITERAL_DEPENDENT). tests/test_policy_masked.py checks all of this against the
 # uncached path, and the masking against PostgreSQL's own scanner (pglast.parser.scan).
 
 _PG_NOT_BESIDE_NUMBER = r"A-Za-z0-9_$.\x80-\U0010ffff"
@@ -134,7 +138,7 @@ def _pg_masked_miss(sql: str, key: str, spans: list[tuple[int, int, str]]) -> tu
         return (_part(sql, ("unparseable",), "PostgreSQL's parser refused the text"),)
     if len(_MASKED) >= CACHE_SIZE:
         del _MASKED[next(iter(_MASKED))]  # the oldest
-    if _pg_literals_are_constants(sql, spans, consts):
+    if LITERAL_DEPENDENT not in consts and _pg_literals_are_constants(sql, spans, consts):
         entry = _MASKED[key] = tuple(StatementClass("", part.categories) for part in parts)
         return entry
     _MASKED[key] = None

@@ -23,20 +23,29 @@ class Rule:
         return sub in self.subjects or not self.groups.isdisjoint(groups)
 
 
-# Used for a connection configured with `policy = "default"`. Besides the DDL and privilege
-# statements, `do` and `dynamic_sql` are held too: a DO block or a PREPARE from a variable can
-# run any of the others out of sight.
 MAX_JUDGED_CHARS = 256 * 1024  # ~0.1 s of pglast; larger statements are not parsed on the relay
+
+# Categories no rule can allow: they would let the server read what follows differently from
+# the gateway, so every later decision on the session would be worthless.
+ALWAYS_DENIED = {
+    "encoding": "encoding: a client character set the gateway cannot read safely (use UTF8 / utf8mb4)",
+}
 
 _MEMO_SIZE = 1024  # decisions remembered per policy (per parts object and subject)
 
+# Used for a connection configured with `policy = "default"`. Besides the DDL and privilege
+# statements, `do` and `dynamic_sql` are held too: a DO block or a PREPARE from a variable can
+# run any of the others out of sight.
 DEFAULT_RULES: tuple[Rule, ...] = (
     Rule(
         frozenset({"drop", "truncate", "alter", "grant", "revoke", "delete_without_where",
                    "update_without_where", "do", "dynamic_sql",
                    # SQL-level EXECUTE of something prepared earlier: what it runs cannot be
                    # seen here, and an approval for the PREPARE must not let it run twice.
-                   "execute_prepared"}),
+                   "execute_prepared",
+                   # Code the server runs later (a trigger fires on an ordinary INSERT), files
+                   # on the database server, server administration and shared libraries.
+                   "routine", "copy_file", "admin", "load_library"}),
         "require_approval",
     ),
     Rule(frozenset({"copy_program"}), "deny"),
@@ -147,6 +156,8 @@ class Policy:
         return cls(DEFAULT_RULES if raw_rules is None else tuple(rules), default, unparseable)
 
     def _category_action(self, category: str, sub: str, groups: Iterable[str]) -> tuple[PolicyAction, int | None]:
+        if category in ALWAYS_DENIED:
+            return "deny", None
         for index, rule in self._by_category.get(category, ()):  # type: ignore[attr-defined]
             if rule.applies_to(sub, groups):
                 return rule.action, index
@@ -196,6 +207,8 @@ class Policy:
             reason = f"rule {index}: {category}"
         elif category == "unparseable":
             reason = "unparseable"
+        elif category in ALWAYS_DENIED:
+            reason = ALWAYS_DENIED[category]
         else:
             reason = f"default: {category}"
         return Decision(action, tuple(sorted(all_categories)), index, reason)

@@ -1,0 +1,175 @@
+"""PostgreSQL statements that are risky for what they *enable*, not for the rows they touch.
+
+- `routine`: statements that create or change code the server runs later — functions and
+  procedures, triggers, rules, event triggers, casts, conversions, transforms, languages,
+  operators and aggregates (they call functions), operator classes, extensions. A body is
+  opaque to a statement classifier, and a trigger or rule turns an ordinary INSERT into
+  anything, so the default policy holds the statement that creates the code.
+- Functions that run SQL text or reach past the database: `dblink_exec('DROP …')`,
+  `query_to_xml('DELETE … RETURNING …')` and `cron.schedule(…, 'TRUNCATE …')` run text the
+  classifier cannot see (`dynamic_sql`); `lo_export`, `pg_read_file`, `pg_file_write` touch the
+  server's files (`copy_file`); `pg_terminate_backend`, `pg_reload_conf`, replication-slot
+  functions act on the server (`admin`); `lo_unlink` destroys a large object (`drop`).
+- `encoding`: a statement that may switch the session's client_encoding to one whose
+  multibyte characters can end in an ASCII quote or backslash (SJIS, BIG5, GBK, …). From then
+  on the server would read the bytes differently from the gateway, so a statement the gateway
+  sees as one harmless SELECT could run a DROP. Only a literal, known ASCII-safe encoding
+  passes; a computed name or value counts as unsafe. The gate refuses `encoding` whatever the
+  rules say (policy/rules.py).
+
+The scan is a regex over the parser's JSON, so statements without any of these cost nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["LITERAL_DEPENDENT", "SAFE_CLIENT_ENCODINGS", "pg_risk_scan", "pg_walk_risks", "safe_client_encoding"]
+
+# A key in `consts` (see postgres_cache.py): this text's categories depend on a literal's
+# value ('UTF8' vs 'SJIS'), so no other text of the same masked shape may reuse them.
+LITERAL_DEPENDENT = -1
+
+_ROUTINE_NODES = frozenset(
+    {
+        "CreateFunctionStmt", "AlterFunctionStmt", "CreateTrigStmt", "RuleStmt", "CreateEventTrigStmt",
+        "AlterEventTrigStmt", "CreateCastStmt", "CreateConversionStmt", "CreateTransformStmt",
+        "CreatePLangStmt", "CreateOpClassStmt", "CreateOpFamilyStmt", "AlterOpFamilyStmt",
+        "CreateExtensionStmt", "AlterExtensionStmt", "AlterExtensionContentsStmt",
+    }
+)
+_CODE_DEFINITIONS = frozenset({"OBJECT_AGGREGATE", "OBJECT_OPERATOR"})  # DefineStmt kinds
+
+# Function name (last part of a possibly schema-qualified name, as the parser folds it) ->
+# the categories calling it adds.
+_RISKY_FUNCTIONS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(
+        ("dblink", "dblink_exec", "dblink_open", "dblink_send_query", "query_to_xml", "query_to_xmlschema",
+         "query_to_xml_and_xmlschema", "ts_stat", "ts_rewrite", "schedule", "schedule_in_database", "alter_job"),
+        ("dynamic_sql",),
+    ),
+    **dict.fromkeys(
+        ("lo_import", "lo_export", "pg_read_file", "pg_read_binary_file", "pg_ls_dir", "pg_stat_file",
+         "pg_file_write", "pg_file_rename", "pg_file_unlink", "pg_file_sync", "pg_logdir_ls"),
+        ("copy_file",),
+    ),
+    **dict.fromkeys(
+        ("pg_terminate_backend", "pg_cancel_backend", "pg_reload_conf", "pg_rotate_logfile", "pg_promote",
+         "pg_drop_replication_slot", "pg_create_physical_replication_slot", "pg_create_logical_replication_slot",
+         "pg_replication_origin_drop", "pg_switch_wal", "pg_backup_start", "pg_backup_stop",
+         "pg_wal_replay_pause", "pg_wal_replay_resume"),
+        ("admin",),
+    ),
+    "lo_unlink": ("drop",),
+}
+
+# Encodings whose every byte of a multibyte character is >= 0x80 (or that have none), named as
+# PostgreSQL's clean_encoding_name() leaves them: lower case, only letters and digits.
+SAFE_CLIENT_ENCODINGS = frozenset(
+    {"utf8", "unicode", "sqlascii"}
+    | {f"latin{n}" for n in range(1, 11)}
+    | {f"iso8859{n}" for n in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 13, 14, 15, 16)}
+    | {f"win{n}" for n in (866, 874, 1250, 1251, 1252, 1253, 1254, 1255, 1256, 1257, 1258)}
+    | {f"windows{n}" for n in (866, 874, 1250, 1251, 1252, 1253, 1254, 1255, 1256, 1257, 1258)}
+    | {"koi8", "koi8r", "koi8u", "eucjp", "euckr", "euccn", "euctw", "eucjis2004", "alt", "tcvn", "tcvn5712", "vscii"}
+)
+
+_MARKER = re.compile(
+    "|".join(
+        [f'"{name}"' for name in sorted(_ROUTINE_NODES | {"DefineStmt"})]
+        + [rf'"sval":"{name}"' for name in sorted(_RISKY_FUNCTIONS)]
+        + ['"sval":"set_config"', "client_encoding"]
+    ),
+    re.IGNORECASE,
+)
+_LITERAL_DEPENDENT = re.compile(r"client_encoding|\"sval\":\"set_config\"", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class RiskScan:
+    found: bool  # the tree may hold one of the nodes or calls above: walk it
+    literal_dependent: bool
+
+
+_NOTHING = RiskScan(False, False)
+
+
+def pg_risk_scan(tree_json: str) -> RiskScan:
+    if _MARKER.search(tree_json) is None:
+        return _NOTHING
+    return RiskScan(True, _LITERAL_DEPENDENT.search(tree_json) is not None)
+
+
+def safe_client_encoding(name: str) -> bool:
+    """As PostgreSQL looks an encoding name up: case and punctuation do not count."""
+    return "".join(ch for ch in name.lower() if ch.isascii() and ch.isalnum()) in SAFE_CLIENT_ENCODINGS
+
+
+def _string_const(node: Any) -> str | None:
+    """The value of a plain string constant; None for anything computed."""
+    if isinstance(node, dict) and isinstance(node.get("A_Const"), dict):
+        sval = node["A_Const"].get("sval")
+        if isinstance(sval, dict):
+            return str(sval.get("sval", ""))
+    return None
+
+
+def _set_statement_is_unsafe(fields: dict) -> bool:
+    """SET client_encoding / SET NAMES (the parser gives both the name client_encoding)."""
+    if str(fields.get("name", "")).lower() != "client_encoding" or fields.get("kind") != "VAR_SET_VALUE":
+        return False  # DEFAULT, RESET, FROM CURRENT: back to the session's start-up value
+    args = fields.get("args") or []
+    value = _string_const(args[0]) if len(args) == 1 else None
+    return value is None or not safe_client_encoding(value)
+
+
+def _set_config_is_unsafe(args: list) -> bool:
+    name = _string_const(args[0]) if args else None
+    if name is None:
+        return True  # a computed setting name could be client_encoding
+    if name.lower() != "client_encoding":
+        return False
+    value = _string_const(args[1]) if len(args) > 1 else None
+    return value is None or not safe_client_encoding(value)
+
+
+def _call_categories(fields: dict, out: set[str]) -> None:
+    names = fields.get("funcname") or []
+    last = names[-1] if names else None
+    name = str((last or {}).get("String", {}).get("sval", "")).lower() if isinstance(last, dict) else ""
+    if name == "set_config":
+        if _set_config_is_unsafe(fields.get("args") or []):
+            out.add("encoding")
+        return
+    out.update(_RISKY_FUNCTIONS.get(name, ()))
+
+
+def pg_walk_risks(node: Any, out: set[str]) -> None:
+    """Add `routine`, `encoding` and the risky-call categories of everything under `node`."""
+    from .postgres import _pg_explain_runs  # plain EXPLAIN runs nothing it names
+
+    stack = [node]
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, list):
+            stack.extend(obj)
+            continue
+        if not isinstance(obj, dict):
+            continue
+        for key, value in obj.items():
+            if not isinstance(value, (dict, list)):
+                continue
+            if isinstance(value, dict):
+                if key == "ExplainStmt" and not _pg_explain_runs(value):
+                    continue
+                if key in _ROUTINE_NODES:
+                    out.add("routine")
+                elif key == "DefineStmt" and value.get("kind") in _CODE_DEFINITIONS:
+                    out.add("routine")
+                elif key == "FuncCall":
+                    _call_categories(value, out)
+                elif key == "VariableSetStmt" and _set_statement_is_unsafe(value):
+                    out.add("encoding")
+            stack.append(value)
