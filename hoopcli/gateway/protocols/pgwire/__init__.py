@@ -1,0 +1,1 @@
+"""The PostgreSQL wire engine in pieces; `..postgres.PostgresEngine` puts them together."""
