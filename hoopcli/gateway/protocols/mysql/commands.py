@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from ..base import ALLOW, StatementBlocked, StatementStarted, Verdict
+from ..base import ALLOW, MAX_MESSAGE_BYTES, StatementBlocked, StatementStarted, Verdict
 from .charsets import _UNSAFE_CHARSET_SWITCH, CHARSET_REFUSED
 from .constants import (
     _AUTH,
@@ -14,6 +14,7 @@ from .constants import (
     _FORWARD,
     _GATED,
     _GREETING,
+    _HELD_NAMES,
     _INFILE,
     _LOGIN,
     _PLAIN,
@@ -82,8 +83,7 @@ class ClientSide:
         if mode == _GREETING:
             raise _Malformed("client sent data before the server greeting")
         if mode == _LOGIN:
-            self._on_login(payload)
-            return _FORWARD
+            return self._on_login(seq, payload)
         if seq != 0:
             if mode == _AUTH:
                 return None
@@ -121,8 +121,7 @@ class ClientSide:
             self._events.append(StatementStarted(text, kind))
             return _FORWARD
         if first == COM_CHANGE_USER:
-            self._on_change_user(payload)
-            return _FORWARD
+            return self._on_change_user(payload)
         if first in _PLAIN:
             self._plain_command(first, payload)
             return None
@@ -261,8 +260,24 @@ class ClientSide:
             "statement held for approval" if verdict.action == "hold" else "statement denied by policy"
         )
         self._events.append(StatementBlocked(text, verdict))
-        reply = err_packet(errno, sqlstate, message, seq=1)
+        # The answer to a command takes the id after its last packet's: 1 for a one-packet
+        # command, more for one sent as several 16 MiB packets (mod 256, as the wire wraps).
+        reply = err_packet(errno, sqlstate, message, seq=self._client.last_seq + 1)
         if self._queue:
             self._queue.append(_Pending("synthetic", reply=reply))
         else:
             self._to_client_extra.append(reply)
+
+    def _refuse_oversize(self, first: int, size: int) -> object:
+        """A command too large to hold for the gate was discarded unseen: refuse it."""
+        if first == COM_STMT_PREPARE:
+            self._last_prepared = _BLOCKED_STMT  # an execute of "the last prepared" is refused too
+        name = _HELD_NAMES.get(first, f"command 0x{first:02x}")
+        limit = MAX_MESSAGE_BYTES >> 20
+        verdict = Verdict(
+            "deny",
+            f"hoop: statement refused: larger than the gateway reads ({limit} MiB); it was not run",
+            rule="too-large",
+        )
+        self._refuse(f"<{name} of {size} bytes, not read>", verdict, ERRNO_BLOCKED, SQLSTATE_DENY)
+        return _DROP

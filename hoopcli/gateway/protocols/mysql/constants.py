@@ -21,7 +21,7 @@ CLIENT_QUERY_ATTRIBUTES = 1 << 27
 MARIADB_CLIENT_COM_MULTI = 1 << 33
 MARIADB_CLIENT_CACHE_METADATA = 1 << 36
 
-# Capabilities the engine cannot follow: cleared in the greeting, refused in the response.
+# Capabilities the engine cannot follow: cleared in the greeting (and so in the response).
 STRIPPED_CAPABILITIES = (
     CLIENT_SSL
     | CLIENT_COMPRESS
@@ -40,6 +40,8 @@ MAX_PACKET = 0xFFFFFF  # a physical packet this long is continued by the next on
 # Refusal errors sent to the client.
 ERRNO_BLOCKED = 1227  # ER_SPECIFIC_ACCESS_DENIED_ERROR
 ERRNO_UNSUPPORTED = 1235  # ER_NOT_SUPPORTED_YET
+ERRNO_DB_ACCESS_DENIED = 1044  # ER_DBACCESS_DENIED_ERROR
+ERRNO_UNKNOWN_CHARSET = 1115  # ER_UNKNOWN_CHARACTER_SET
 SQLSTATE_DENY = "42000"
 SQLSTATE_HOLD = "HY000"
 
@@ -98,6 +100,17 @@ _COMMAND_NAMES = {
     0x1D: "COM_DAEMON",
     0x1E: "COM_BINLOG_DUMP_GTID",
     0xFE: "COM_MULTI",
+}
+# Commands the engine may withhold whole (named in the record of a refused oversize one).
+_HELD_NAMES = {
+    COM_QUERY: "COM_QUERY",
+    COM_INIT_DB: "COM_INIT_DB",
+    COM_CREATE_DB: "COM_CREATE_DB",
+    COM_DROP_DB: "COM_DROP_DB",
+    COM_CHANGE_USER: "COM_CHANGE_USER",
+    COM_STMT_PREPARE: "COM_STMT_PREPARE",
+    COM_STMT_EXECUTE: "COM_STMT_EXECUTE",
+    COM_STMT_BULK_EXECUTE: "COM_STMT_BULK_EXECUTE",
 }
 _REFRESH_OPTIONS = (
     (0x01, "PRIVILEGES"),

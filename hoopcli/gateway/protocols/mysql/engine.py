@@ -9,7 +9,7 @@ from ..base import Event, Gate, Output, ProtocolError
 from .commands import ClientSide
 from .constants import _GREETING
 from .framing import FramedEngine, _Stream
-from .login import LoginPhase
+from .login import LoginPhase, _Refused
 from .results import ServerSide
 from .state import _Pending, _Stmt
 from .wire import _Malformed
@@ -59,6 +59,8 @@ class MySQLEngine(FramedEngine, LoginPhase, ClientSide, ServerSide):
         self._to_client_extra = extra = []
         try:
             out = self._run(st, data) if data else b""
+        except _Refused as exc:
+            return self._fail(str(exc), st.direction, exc.reply)
         except _Malformed as exc:
             return self._fail(str(exc), st.direction)
         except Exception as exc:  # our bug, never the relay's problem: end the session cleanly
@@ -68,9 +70,9 @@ class MySQLEngine(FramedEngine, LoginPhase, ClientSide, ServerSide):
             return Output(to_server=out, to_client=b"".join(extra), events=events)
         return Output(to_client=out, events=events)
 
-    def _fail(self, reason: str, direction: str) -> Output:
+    def _fail(self, reason: str, direction: str, reply: bytes = b"") -> Output:
         self._dead = True
         events = self._events
         events.append(ProtocolError(reason, direction))  # type: ignore[arg-type]
-        return Output(events=events, close=True)
+        return Output(to_client=reply, events=events, close=True)
 

@@ -6,7 +6,7 @@ never buffered. The phase modules decide what each packet means (`_client_keep`,
 from __future__ import annotations
 
 from ..base import MAX_MESSAGE_BYTES
-from .constants import _DROP, _FORWARD, _INFILE, MAX_PACKET
+from .constants import _COMMAND, _DROP, _FORWARD, _INFILE, MAX_PACKET
 from .wire import _Malformed
 
 
@@ -29,6 +29,8 @@ class _Stream:
         "first",
         "first_len",
         "seq",
+        "last_seq",
+        "too_large",
         "pkt_start",
         "parts",
         "emit_from",
@@ -50,7 +52,9 @@ class _Stream:
         self.size = 0  # payload bytes of the logical packet seen so far
         self.first = -1  # first payload byte (-1: empty packet)
         self.first_len = 0  # length of the first physical packet
-        self.seq = 0
+        self.seq = 0  # sequence id of the logical packet's first physical packet
+        self.last_seq = 0  # ... and of its last one (a reply to it takes the next id)
+        self.too_large = False  # a withheld command outgrew MAX_MESSAGE_BYTES: being discarded
         self.pkt_start = -1  # where the current packet began in this chunk (-1: earlier)
         self.parts: list[bytes] = []
         self.emit_from = 0
@@ -99,6 +103,7 @@ class FramedEngine:
                     st.hdr = bytearray()
                 st.remaining = length
                 st.more = length == MAX_PACKET
+                st.last_seq = seq
                 if st.cont:
                     st.cont = False
                     if length == 0:
@@ -125,10 +130,8 @@ class FramedEngine:
             if keep:
                 if keep < 0:
                     if st.size + take > MAX_MESSAGE_BYTES:
-                        raise _Malformed(
-                            f"{st.direction} message larger than {MAX_MESSAGE_BYTES} bytes"
-                        )
-                    if take == st.first_len and st.size == 0 and not st.more:
+                        self._outgrown(st)  # keeps nothing more of it (or raises)
+                    elif take == st.first_len and st.size == 0 and not st.more:
                         st.buf = data[i : i + take]  # type: ignore[assignment]  # whole, one copy
                     else:
                         st.buf += data[i : i + take]
@@ -152,15 +155,28 @@ class FramedEngine:
             s = st.pkt_start if st.pkt_start > 0 else 0
             if s > st.emit_from:
                 parts.append(data[st.emit_from : s])
+            if st.too_large:
+                return b"".join(parts)  # the rest of this chunk belongs to the discarded packet
             st.held += data[s:]
             if len(st.held) > MAX_MESSAGE_BYTES + 4096:
-                raise _Malformed(f"{st.direction} message larger than {MAX_MESSAGE_BYTES} bytes")
+                self._outgrown(st)
             return b"".join(parts)
         if not parts and st.emit_from == 0:
             return data
         if st.emit_from < n:
             parts.append(data[st.emit_from :])
         return b"".join(parts)
+
+    def _outgrown(self, st: _Stream) -> None:
+        """A withheld message passed MAX_MESSAGE_BYTES. A client command (never forwarded yet)
+        is discarded as it arrives and refused when it ends; anything else ends the session."""
+        if st.direction == "client" and st.hold and self._mode == _COMMAND:
+            st.too_large = True
+            st.keep = 0
+            st.buf = bytearray()
+            st.held = bytearray()
+            return
+        raise _Malformed(f"{st.direction} message larger than {MAX_MESSAGE_BYTES} bytes")
 
     def _decide(self, st: _Stream, first: int) -> None:
         """First payload byte known: choose how much to keep and whether to withhold it."""
@@ -184,6 +200,9 @@ class FramedEngine:
         st.buf = bytearray()
         if st.direction == "server":
             action = self._server_packet(st.first, payload, st.first_len, st.size)
+        elif st.too_large:
+            st.too_large = False
+            action = self._refuse_oversize(st.first, st.size)
         else:
             action = self._client_packet(st.first, st.seq, payload, st.size)
         if st.hold:
