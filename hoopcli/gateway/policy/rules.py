@@ -28,7 +28,8 @@ MAX_JUDGED_CHARS = 256 * 1024  # ~0.1 s of pglast; larger statements are not par
 # Categories no rule can allow: they would let the server read what follows differently from
 # the gateway, so every later decision on the session would be worthless.
 ALWAYS_DENIED = {
-    "encoding": "encoding: a client character set the gateway cannot read safely (use UTF8 / utf8mb4)",
+    "encoding": "encoding: this character set is not supported through the gateway (its multibyte characters "
+    "can hide quotes); use UTF8 / utf8mb4",
 }
 
 _MEMO_SIZE = 1024  # decisions remembered per policy (per parts object and subject)
