@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import random
 
-import pytest
-
-from hoopcli.gateway.protocols.base import Output, SessionStarted
-from hoopcli.gateway.protocols.mysql import MySQLEngine
+from hoopcli.gateway.protocols.base import ALLOW, Output, SessionStarted, Verdict
+from hoopcli.gateway.protocols.mysql import GRANT_USED_MESSAGE, MySQLEngine, err_packet
 
 # ---- capability flags used by the hand-built packets ----------------------------------------
 
@@ -199,11 +197,6 @@ class Conv:
         return result
 
 
-@pytest.fixture(params=list(SPLITS))
-def split(request):
-    return SPLITS[request.param]
-
-
 def logged_in(split, deprecate_eof: bool = False, **engine_kw) -> Conv:
     conv = Conv(split, MySQLEngine(**engine_kw))
     conv.server(greeting())
@@ -274,3 +267,25 @@ def binary_resultset(rows: int, deprecate_eof: bool, status: int = AUTOCOMMIT) -
         seq += 1
     out.append(ok(seq, status=status, header=0xFE) if deprecate_eof else eof(seq, status))
     return b"".join(out)
+
+
+# ---- scripted gates ----------------------------------------------------------------------------
+
+
+def hold_drops(text: str) -> Verdict:
+    if "drop" in text.lower():
+        return Verdict("hold", "waiting for approval (req-1)", request_id="req-1", rule="ddl")
+    if "delete" in text.lower():
+        return Verdict("deny", "deletes are not allowed", rule="no-delete")
+    return ALLOW
+
+
+def grants(text: str) -> Verdict:
+    """"truncate" is allowed on an approval (request req-5); the rest as hold_drops."""
+    if "truncate" in text.lower():
+        return Verdict("allow", request_id="req-5", rule="rule 0: truncate")
+    return hold_drops(text)
+
+
+USED = Verdict("deny", GRANT_USED_MESSAGE, request_id="req-5", rule="grant-used")
+USED_ERR = err_packet(1227, "42000", GRANT_USED_MESSAGE)
