@@ -79,14 +79,21 @@ def greeting(caps: int = SERVER_CAPS, ext: int = SERVER_EXT) -> bytes:
 
 
 def login_packet(
-    user: bytes = b"app_user", db: bytes | None = b"app", caps: int = CLIENT_CAPS, ext: int = 0, seq: int = 1
+    user: bytes = b"app_user",
+    db: bytes | None = b"app",
+    caps: int = CLIENT_CAPS,
+    ext: int = 0,
+    seq: int = 1,
+    collation: int = 45,
+    auth: bytes | None = None,
 ) -> bytes:
+    """A HandshakeResponse41; auth replaces the (length-prefixed) auth data field whole."""
     if db is not None:
         caps |= CONNECT_WITH_DB
     else:
         caps &= ~CONNECT_WITH_DB
-    p = caps.to_bytes(4, "little") + (1 << 24).to_bytes(4, "little") + b"\x2d" + b"\0" * 19
-    p += ext.to_bytes(4, "little") + user + b"\0" + lstr(SECRET)
+    p = caps.to_bytes(4, "little") + (1 << 24).to_bytes(4, "little") + bytes((collation,)) + b"\0" * 19
+    p += ext.to_bytes(4, "little") + user + b"\0" + (lstr(SECRET) if auth is None else auth)
     if db is not None:
         p += db + b"\0"
     p += b"mysql_native_password\0" + lstr(lstr(b"_client_name") + lstr(b"libmariadb"))
