@@ -308,7 +308,9 @@ def _approval_row(row: dict) -> dict:
     text = " ".join(str(row.get("statement") or "").split())
     if len(text) > EXCERPT_CHARS or row.get("truncated"):
         text = text[:EXCERPT_CHARS] + "…"
-    size = int(row.get("statement_bytes") or 0)
+    size = row.get("statement_bytes")
+    if not isinstance(size, int):  # a gateway from before requests kept their size
+        return {**row, "statement": text, "size": ""}
     shown = f"{size} B" if size < 1024 else f"{size / 1024:.1f} KiB" if size < 1024 * 1024 else f"{size / 1024 / 1024:.1f} MiB"
     return {**row, "statement": text, "size": shown}
 

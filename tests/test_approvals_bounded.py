@@ -140,10 +140,12 @@ def test_fifty_held_16_mib_statements_keep_gateway_memory_growth_under_50_mib(ga
     assert disk_grown < STATEMENT_BYTES, f"the audit trail grew by {disk_grown} bytes"
 
 
-def test_approvals_list_is_one_bounded_page(gateway, as_user, tokens):
+def test_approvals_list_is_one_bounded_page(gateway, as_user, pg_server):
     carol = as_user("carol")
+    bob = as_user("bob", PGPASSWORD=pg_server.app_password)
     for n in range(PER_ROUND + 1):  # more requests than the page below holds, whatever ran before
-        run_subprocess(["exec", "gated-db", "--", "psql", "-X", "-c", f"DROP TABLE page_{n}"], as_user("bob"))
+        held = run_subprocess(["exec", "gated-db", "--", "psql", "-X", "-c", f"DROP TABLE page_{n}"], bob)
+        assert "held for approval" in held.err, held.err
     listing = run_subprocess(["approvals", "list", "--json", "--limit", str(PER_ROUND)], carol)
     assert listing.code == 0, listing.err
     page = json.loads(listing.out)
