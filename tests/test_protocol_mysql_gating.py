@@ -15,7 +15,7 @@ from hoopcli.gateway.protocols.base import (
     StatementStarted,
     Verdict,
 )
-from hoopcli.gateway.protocols.mysql import MySQLEngine, err_packet
+from hoopcli.gateway.protocols.mysql import GRANT_USED_MESSAGE, MySQLEngine, err_packet
 from tests.support.mysql_wire import (
     SPLITS,
     USED,
@@ -30,10 +30,13 @@ from tests.support.mysql_wire import (
     hold_drops,
     logged_in,
     login_packet,
+    lstr,
     ok,
+    pkt,
     prepare_ok,
     query,
     resultset,
+    split_random,
     split_whole,
 )
 
@@ -276,3 +279,74 @@ def test_sessions_without_grants_never_withhold_executes():
     assert not conv.engine._granted
 
 
+
+
+# ---- refusals of commands sent as several 16 MiB packets (issue 17, item 8) ---------------------
+
+
+def multi_packet(code: int, body: bytes) -> tuple[bytes, int]:
+    """A command split into 16 MiB physical packets as a client sends it; its last id."""
+    payload = bytes((code,)) + body
+    chunks = [payload[k : k + 0xFFFFFF] for k in range(0, len(payload), 0xFFFFFF)]
+    if len(chunks[-1]) == 0xFFFFFF:
+        chunks.append(b"")
+    return b"".join(pkt(seq, c) for seq, c in enumerate(chunks)), len(chunks) - 1
+
+
+BIG = b" -- " + b"x" * (0xFFFFFF + 100)  # a comment that pushes the command past 16 MiB
+
+
+@pytest.mark.parametrize(
+    "code, text, rule",
+    [
+        (0x03, b"drop table t", "ddl"),  # hold
+        (0x03, b"delete from t", "no-delete"),  # deny
+        (0x16, b"drop table t", "ddl"),  # a prepare held
+    ],
+)
+def test_refusing_a_multi_packet_command_answers_with_the_next_sequence_id(code, text, rule):
+    for split in (split_whole, split_random):
+        conv = logged_in(split, gate=hold_drops)
+        wire, last = multi_packet(code, text + BIG)
+        conv.client(wire)
+        to_server, to_client, events = conv.take()
+        assert to_server == b"" and last == 1
+        assert to_client[3] == last + 1  # not 1: the client would report a packet out of order
+        assert [e.verdict.rule for e in events] == [rule]
+        conv.client(query("select 1"))  # and the session goes on
+        conv.server(resultset([(b"1",)], False))
+        assert conv.take()[2] == [StatementStarted("select 1", "query"), StatementFinished("SELECT 1")]
+
+
+def test_a_command_of_exactly_16_mib_ends_with_an_empty_packet_and_is_answered_after_it():
+    conv = logged_in(split_whole, gate=hold_drops)
+    wire, last = multi_packet(0x03, b"drop table t" + b" " * (0xFFFFFF - 13))
+    assert last == 1 and wire.endswith(pkt(1, b""))
+    conv.client(wire)
+    assert conv.to_client[3] == 2
+
+
+def test_a_multi_packet_second_run_of_a_granted_statement_is_answered_in_sequence():
+    conv = logged_in(split_whole, gate=grants)
+    conv.client(cmd(0x16, b"truncate t"))
+    conv.server(prepare_ok(5, columns=0, params=1, deprecate_eof=False))
+    conv.client(execute(5, [(0xFD, lstr(b"a"))]))
+    conv.server(ok(1))
+    conv.take()
+    body = (5).to_bytes(4, "little") + b"\0" + (1).to_bytes(4, "little") + b"\0\x01\xfd\x00" + lstr(b"b" * 0xFFFFFF)
+    wire, last = multi_packet(0x17, body)
+    conv.client(wire)
+    to_server, to_client, events = conv.take()
+    assert to_server == b"" and events == [StatementBlocked("truncate t", USED)]
+    assert to_client == err_packet(1227, "42000", GRANT_USED_MESSAGE, seq=last + 1)
+
+
+def test_a_refused_unsupported_command_is_answered_in_sequence():
+    conv = logged_in(split_whole)
+    wire, last = multi_packet(0x12, b"\0" * (0xFFFFFF + 10))  # COM_BINLOG_DUMP
+    conv.client(wire)
+    assert conv.to_server == b"" and conv.to_client[3] == last + 1 == 2
+
+
+def test_the_sequence_id_wraps_like_the_wire():
+    assert err_packet(1227, "42000", "x", seq=256)[3] == 0
