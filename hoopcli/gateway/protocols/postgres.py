@@ -123,6 +123,7 @@ class PostgresEngine(ClientMixin, ServerMixin, GrantsMixin):
 
     __slots__ = (
         "_gate",
+        "_pinned",
         "_record",
         "_closed",
         # client side
@@ -134,6 +135,9 @@ class PostgresEngine(ClientMixin, ServerMixin, GrantsMixin):
         "_c_copy",
         "_drop",
         "_seg_open",
+        "_seg_runs",
+        "_fence",
+        "_held",
         "_seg_no",
         "_stmts",
         "_portals",
@@ -153,10 +157,13 @@ class PostgresEngine(ClientMixin, ServerMixin, GrantsMixin):
         "_tx",
     )
 
-    def __init__(self, gate: Gate | None = None, record_params: bool = False) -> None:
+    def __init__(self, gate: Gate | None = None, record_params: bool = False, *, database: str | None = None) -> None:
         if gate is not None and not callable(gate):
             raise TypeError("PostgresEngine(gate=...) must be a callable taking the statement text")
+        if database is not None and (not isinstance(database, str) or not database):
+            raise TypeError("PostgresEngine(database=...) must be a database name or None")
         self._gate = gate
+        self._pinned = database  # a StartupMessage for any other database is refused
         self._record = bool(record_params)
         self._closed = False
         self._c_mode = 0  # 0: startup packets, 1: typed messages, 2: after CancelRequest
@@ -167,6 +174,9 @@ class PostgresEngine(ClientMixin, ServerMixin, GrantsMixin):
         self._c_copy = False  # the server is reading COPY data from the client
         self._drop = 0  # 1: dropping through Sync; 2: dropping up to Sync, which is forwarded
         self._seg_open = False  # extended messages forwarded since the last Sync
+        self._seg_runs = False  # ... among them a Bind or Execute (code may have run)
+        self._fence = False  # client messages wait for the server's ReadyForQuery (client.py)
+        self._held: bytearray | None = None  # what the client sent behind the fence
         self._seg_no = 0  # segments forwarded while _granted is not empty (tells them apart)
         self._stmts: dict[bytes, str] = {}
         self._portals: dict[bytes, tuple[str, tuple[str | None, ...] | None]] = {}
@@ -210,7 +220,10 @@ class PostgresEngine(ClientMixin, ServerMixin, GrantsMixin):
         if type(data) is not bytes:
             data = bytes(data)
         try:
-            return self._from_server(data)
+            out = self._from_server(data)
+            if self._fence and not out.close:
+                return self._release_held(out)
+            return out
         except Exception as exc:
             return self._internal_error(exc, "server")
 

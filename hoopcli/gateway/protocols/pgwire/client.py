@@ -11,10 +11,13 @@ from ..base import (
     ProtocolError,
     SessionStarted,
     StatementBlocked,
+    StatementFinished,
     StatementStarted,
     Verdict,
 )
 from .grants import _Grant
+from .encodings import reads_the_same_in_every_encoding
+from .startup import read_startup, setting_statement
 from .wire import (
     _BIND,
     _BLOCKED_SQL,
@@ -41,18 +44,83 @@ from .wire import (
     _SYNTH_Z,
     _U32,
     _U32_PACK,
+    _USED_BIND,
     _bind_params,
     _Broken,
+    _Refused,
+    fatal_response,
     _refusal,
     _remember,
     _text,
 )
 
+# While the fence is up and the server reads COPY data, these still pass (it expects them).
+_COPY_PASS = frozenset(b"dcfHS")
+
+UNKNOWN_STATEMENT_MESSAGE = (
+    'hoop: prepared statement "{name}" was not prepared by a Parse on this connection, so the gateway '
+    "cannot tell what it runs; prepare it with the protocol's Parse (not SQL PREPARE)"
+)
+ENCODING_UNKNOWN = Verdict(
+    "deny",
+    "hoop: a statement with non-ASCII text cannot follow a Bind or Execute in the same pipeline segment: "
+    "the gateway cannot tell which client_encoding the server will read it in; send Sync before it",
+    rule="encoding-unknown",
+)
+
 
 class ClientMixin:
+    """The fence: after the engine forwards what may run code (a Query, a FunctionCall, the
+    Sync of a segment with a Bind or Execute), it holds everything the client sends next until
+    the server's ReadyForQuery for it. PostgreSQL reports a client_encoding switch
+    (ParameterStatus) just before that ReadyForQuery, so nothing reaches the server after a
+    switch the gateway refuses (the session ends there; see server.py), and outcomes never
+    mix with a COPY's. A client that does not pipeline (psql, most drivers) never waits for it.
+    Inside one segment it cannot wait (the ReadyForQuery only comes after Sync), so there a
+    Parse or Query after a Bind or Execute must read the same in every encoding (encodings.py).
+    """
+
     __slots__ = ()
 
+    def _hold(self, data: bytes) -> None:
+        held = self._held
+        if held is None:
+            held = self._held = bytearray()
+        if len(held) + len(data) > MAX_MESSAGE_BYTES:
+            raise _Broken(
+                f"the client sent more than {MAX_MESSAGE_BYTES} bytes ahead of the server's answer "
+                "to a statement that is still running"
+            )
+        held += data
+
+    def _abandon_held(self, reason: str) -> list[Event]:
+        """The session ends with client messages still held: a record for each statement
+        among them, saying it was not sent."""
+        held, self._held = self._held, None
+        if not held:
+            return []
+        verdict = Verdict("deny", f"hoop: not sent to the server: the session was ended ({reason})", rule="session-ended")
+        events: list[Event] = []
+        i, n = 0, len(held)
+        while n - i >= 5:
+            t = held[i]
+            end = i + 1 + int.from_bytes(held[i + 1 : i + 5], "big")
+            if end > n:
+                break
+            body = bytes(held[i + 5 : end])
+            if t == 0x51:  # Q
+                events.append(StatementBlocked(_text(body.split(b"\0", 1)[0]), verdict))
+            elif t == 0x50:  # P
+                events.append(StatementBlocked(_text(body.split(b"\0", 2)[1] if body.count(b"\0") >= 2 else b""), verdict))
+            elif t == 0x46 and len(body) >= 4:  # F
+                events.append(StatementBlocked(f"<function call oid {int.from_bytes(body[:4], 'big')}>", verdict))
+            i = end
+        return events
+
     def _from_client(self, data: bytes) -> Output:
+        if self._held is not None and not self._c_skip:
+            self._hold(data)
+            return Output()
         i = 0
         fwd = 0
         if self._c_skip:
@@ -88,7 +156,9 @@ class ClientMixin:
                 raise exc
         except _Broken as exc:
             self._closed = True
-            events.append(ProtocolError(str(exc), "client"))
+            if exc.protocol:
+                events.append(ProtocolError(str(exc), "client"))
+            to_client.append(exc.answer)
             run_end = exc.at
             if run_end < fwd:
                 run_end = fwd
@@ -142,7 +212,7 @@ class ClientMixin:
                     i = end
                     break
                 elif code >> 16 == 3:
-                    events.append(self._startup_message(data, i + 8, end))
+                    self._startup_message(data, i + 8, end, events)
                     self._c_mode = 1
                     self._fifo.append(_STARTUP)
                 else:
@@ -153,18 +223,35 @@ class ClientMixin:
             raise
         return i, fwd, n
 
-    def _startup_message(self, data: bytes, start: int, end: int) -> SessionStarted:
+    def _startup_message(self, data: bytes, start: int, end: int, events: list[Event]) -> None:
+        """Who logs in, and what the server would apply: refused (`_Refused`) unless every
+        part of it may reach the server (see startup.py)."""
         fields = data[start:end].split(b"\0")
         if len(fields) < 2 or fields[-1] != b"" or fields[-2] != b"":
             raise _Broken("malformed StartupMessage")
-        params = {}
-        for k in range(0, len(fields) - 2, 2):
-            params[fields[k]] = fields[k + 1]
-        user = params.get(b"user")
-        if not user:
+        pairs = [(_text(fields[k]), _text(fields[k + 1])) for k in range(0, len(fields) - 2, 2)]
+        startup = read_startup(pairs, self._pinned)
+        if not startup.user:
             raise _Broken("the StartupMessage names no user")
-        database = params.get(b"database") or user
-        return SessionStarted(_text(user), _text(database))
+        events.append(SessionStarted(startup.user, startup.database))
+        if startup.refusal is not None:
+            what = f"<startup database={startup.database!r}>"
+            self._refuse_startup(what, Verdict("deny", startup.refusal.message, rule=startup.refusal.rule), startup.refusal.code, events)
+        for name, value in startup.settings:
+            if name == "application_name":
+                continue
+            text = setting_statement(name, value)
+            verdict = self._judge(text) if self._gate is not None else None
+            if verdict is not None and verdict.action != "allow":
+                self._refuse_startup(text, verdict, None, events)
+            events.append(StatementStarted(text, "startup"))
+            events.append(StatementFinished("SET"))
+
+    def _refuse_startup(self, text: str, verdict: Verdict, code: str | None, events: list[Event]) -> None:
+        events.append(StatementBlocked(text, verdict))
+        refused = _Refused(verdict.message)
+        refused.answer = fatal_response(code, verdict.message) if code else _refusal(verdict, fatal=True)
+        raise refused
 
     def _client_messages(self, data, i, fwd, parts, to_client, events):
         """Typed frontend messages from offset i; returns (i, fwd, end of forwarded run)."""
@@ -177,6 +264,9 @@ class ClientMixin:
                 if ln < 4 or ln > _MAX_LEN:
                     raise _Broken(f"message length {ln} out of range")
                 end = i + 1 + ln
+                if self._fence and not (self._s_copy and t in _COPY_PASS):
+                    self._hold(data[i:])
+                    return n, fwd, i
                 if end > n:
                     return self._client_tail(data, i, t, ln, fwd, parts, to_client, events)
                 if self._drop:
@@ -192,6 +282,9 @@ class ClientMixin:
                             if self._granted:
                                 self._seg_no += 1
                             fifo.append(_SYNC)
+                            if self._seg_runs:
+                                self._seg_runs = False
+                                self._fence = True
                             i = end
                             continue
                         self._drop = 0
@@ -209,9 +302,12 @@ class ClientMixin:
                             fwd = self._refuse_bind(data, i, end, fwd, parts, to_client, events, grant)
                             i = end
                             continue
-                    self._bind(data, i + 5, end, True)
+                    if not self._bind(data, i + 5, end, True):
+                        fwd = self._refuse_unknown(data, i, end, fwd, parts, to_client, events)
+                        i = end
+                        continue
                     fifo.append(_BIND)
-                    self._seg_open = True
+                    self._seg_open = self._seg_runs = True
                 elif t == 0x45:  # E Execute
                     j = i + 5
                     z = data.find(0, j, end)
@@ -224,7 +320,7 @@ class ClientMixin:
                     else:
                         events.append(StatementStarted(entry[0], "execute", entry[1]))
                     fifo.append(_EXEC)
-                    self._seg_open = True
+                    self._seg_open = self._seg_runs = True
                 elif t == 0x53:  # S Sync
                     if ln != 4:
                         raise _Broken("malformed Sync")
@@ -233,6 +329,9 @@ class ClientMixin:
                         self._seg_open = False
                         if self._granted:
                             self._seg_no += 1
+                        if self._seg_runs:
+                            self._seg_runs = False
+                            self._fence = True
                 elif t == 0x44:  # D Describe
                     fifo.append(_DESCRIBE)
                     self._seg_open = True
@@ -273,7 +372,10 @@ class ClientMixin:
             exc.at = i
             raise
         if i < n:  # a few bytes of the next header
-            self._c_pend = bytearray(data[i:])
+            if self._fence and not (self._s_copy and data[i] in _COPY_PASS):
+                self._hold(data[i:])
+            else:
+                self._c_pend = bytearray(data[i:])
             return n, fwd, i
         return i, fwd, n
 
@@ -308,9 +410,13 @@ class ClientMixin:
                         self._c_skip = end - n
                         self._c_skip_drop = True
                         return n, n, n
-                self._bind(data, i + 5, n, False)
+                if not self._bind(data, i + 5, n, False):  # refused: the rest of it is dropped
+                    self._refuse_unknown(data, i, end, fwd, parts, to_client, events)
+                    self._c_skip = end - n
+                    self._c_skip_drop = True
+                    return n, n, n
                 self._fifo.append(_BIND)
-                self._seg_open = True
+                self._seg_open = self._seg_runs = True
                 self._c_skip = end - n
                 self._c_skip_drop = False
                 return n, fwd, n
@@ -335,7 +441,9 @@ class ClientMixin:
         self._c_need = ln + 1
         return n, fwd, i
 
-    def _bind(self, data: bytes, j: int, limit: int, whole: bool) -> None:
+    def _bind(self, data: bytes, j: int, limit: int, whole: bool) -> bool:
+        """Remember what the portal runs; False (refuse the Bind) when the engine never saw
+        the statement's Parse: an SQL PREPARE, or a routine, may have made it out of sight."""
         z = data.find(0, j, limit)
         z2 = data.find(0, z + 1, limit) if z >= 0 else -1
         if z2 < 0:
@@ -344,9 +452,18 @@ class ClientMixin:
         name = data[z + 1 : z2]
         text = self._stmts.get(name)
         if text is None:
-            text = f"<unknown prepared statement {_text(name)!r}>"
+            return False
         params = _bind_params(data, z2 + 1, limit) if (self._record and whole) else None
         _remember(self._portals, portal, (text, params))
+        return True
+
+    def _refuse_unknown(self, data, i, end, fwd, parts, to_client, events) -> int:
+        j = i + 5
+        z = data.find(0, j, len(data))
+        name = _text(data[z + 1 : data.find(0, z + 1, len(data))])
+        verdict = Verdict("deny", UNKNOWN_STATEMENT_MESSAGE.format(name=name), rule="unknown-statement")
+        events.append(StatementBlocked(f"<unknown prepared statement {name!r}>", verdict))
+        return self._withhold(data, i, end, fwd, parts, to_client, _refusal(verdict), _USED_BIND)
 
     def _parse(self, data, i, end, fwd, parts, to_client, events):
         j = i + 5
@@ -356,7 +473,10 @@ class ClientMixin:
             raise _Broken("malformed Parse")
         name = data[j:z]
         text = _text(data[z + 1 : z2])
-        verdict = self._judge(text) if self._gate is not None else None
+        if self._seg_runs and not reads_the_same_in_every_encoding(data[z + 1 : z2]):
+            verdict = ENCODING_UNKNOWN
+        else:
+            verdict = self._judge(text) if self._gate is not None else None
         if verdict is None or verdict.action == "allow":
             _remember(self._stmts, name, text)
             if self._granted or (verdict is not None and verdict.request_id is not None):
@@ -392,8 +512,13 @@ class ClientMixin:
 
     def _query(self, data, i, end, fwd, parts, to_client, events):
         z = data.find(0, i + 5, end)
-        text = _text(data[i + 5 : z if z >= 0 else end])
+        raw = data[i + 5 : z if z >= 0 else end]
+        text = _text(raw)
+        if self._seg_runs and not reads_the_same_in_every_encoding(raw):
+            return self._gated(text, "query", data, i, end, fwd, parts, to_client, events, ENCODING_UNKNOWN)
         if self._gate is None:
+            self._fence = True
+            self._seg_runs = False
             events.append(StatementStarted(text, "query"))
             self._fifo.append(_QUERY)
             return fwd
@@ -406,11 +531,14 @@ class ClientMixin:
         text = f"<function call oid {oid}>"
         return self._gated(text, "function_call", data, i, end, fwd, parts, to_client, events)
 
-    def _gated(self, text, kind, data, i, end, fwd, parts, to_client, events):
-        verdict = self._judge(text) if self._gate is not None else None
+    def _gated(self, text, kind, data, i, end, fwd, parts, to_client, events, verdict=None):
+        if verdict is None and self._gate is not None:
+            verdict = self._judge(text)
         if verdict is None or verdict.action == "allow":
             events.append(StatementStarted(text, kind))
             self._fifo.append(_QUERY)
+            self._fence = True  # nothing more goes until its ReadyForQuery (see _hold)
+            self._seg_runs = False
             return fwd
         events.append(StatementBlocked(text, verdict))
         if fwd < i:
@@ -420,6 +548,8 @@ class ClientMixin:
             parts.append(b"Q" + _U32_PACK(len(_BLOCKED_SQL) + 5) + _BLOCKED_SQL + b"\0")
             self._fifo.append(_INJ_Q)
             self._payloads.append(payload)
+            self._fence = self._seg_runs  # its ReadyForQuery reports what the segment switched
+            self._seg_runs = False
         else:
             self._answer(payload, to_client)
             self._answer(None, to_client)

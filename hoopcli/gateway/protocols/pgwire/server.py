@@ -10,7 +10,7 @@ from ..base import (
     StatementFailed,
     StatementFinished,
 )
-from .encodings import _check_parameter_status
+from .encodings import EncodingRefused, check_parameter_status
 from .wire import (
     _BIND,
     _CLOSE,
@@ -31,6 +31,8 @@ from .wire import (
     _SYNTH_E,
     _TYPE_LEN,
     _U32,
+    ENDED_MESSAGE,
+    ENDED_SQLSTATE,
     EMPTY_TAG,
     FUNCTION_TAG,
     SKIPPED_MESSAGE,
@@ -127,7 +129,7 @@ class ServerMixin:
                         else:
                             fwd = self._ready(data, i, end, fwd, parts, events)
                     elif t == 0x53:  # ParameterStatus
-                        _check_parameter_status(data, i, end)
+                        check_parameter_status(data, i, end)
                     else:  # ErrorResponse
                         fwd = self._error(data, i, end, fwd, parts, events)
                         if self._s_copy:
@@ -179,6 +181,9 @@ class ServerMixin:
                     run_end = i
         except _Broken as exc:
             self._closed = True
+            if isinstance(exc, EncodingRefused):
+                self._settle_switch(events)
+            events += self._abandon_held(str(exc))
             events.append(ProtocolError(str(exc), "server"))
             run_end = max(i, fwd)
             if fwd < run_end:
@@ -190,6 +195,43 @@ class ServerMixin:
         if fwd < run_end:
             parts.append(data[fwd:run_end])
         return Output(to_client=b"".join(parts), events=events)
+
+    def _settle_switch(self, events: list[Event]) -> None:
+        """The server reported an encoding switch the gateway refuses, before the
+        ReadyForQuery of the statement that made it: that statement ran (it is recorded so);
+        anything else still outstanding ends unknown with the session."""
+        fifo = self._fifo
+        if fifo and fifo[0] == _QUERY and not self._q_failed:
+            fifo.popleft()
+            events.append(StatementFinished(self._q_tag or FUNCTION_TAG))
+        for k in fifo:
+            if k == _EXEC or k == _QUERY:
+                events.append(StatementFailed(ENDED_SQLSTATE, ENDED_MESSAGE))
+        fifo.clear()
+
+    def _fence_answered(self) -> bool:
+        """True once the server answered everything forwarded before the fence went up."""
+        for k in self._fifo:
+            if k == _SYNC or k == _QUERY or k == _INJ_Q or k == _STARTUP:
+                return False
+        return True
+
+    def _release_held(self, out: Output) -> Output:
+        """Feed what the client sent behind the fence, now that it may go (see client.py)."""
+        if self._fence_answered():
+            self._fence = False
+        elif not (self._s_copy and self._held and self._held[0] in b"dcfHS"):
+            return out
+        if self._held is None:
+            return out
+        held = bytes(self._held)
+        self._held = None
+        more = self._from_client(held)
+        out.to_server = more.to_server
+        out.to_client += more.to_client
+        out.events += more.events
+        out.close = out.close or more.close
+        return out
 
     def _release(self, data: bytes, pos: int, fwd: int, parts: list[bytes]) -> int:
         """Send queued synthetic answers that have reached the head, right after pos."""

@@ -12,6 +12,11 @@ HOLD_SQLSTATE = "57W01"  # operator intervention, hoop's own subclass: awaiting 
 SKIPPED_SQLSTATE = "25P02"  # in_failed_sql_transaction: skipped after an earlier error
 SKIPPED_MESSAGE = "not executed: an earlier message before Sync failed"
 
+# Outstanding when the engine ended the session (e.g. for a client_encoding switch): the
+# outcome is unknown, the connection is gone.
+ENDED_SQLSTATE = "08006"  # connection_failure
+ENDED_MESSAGE = "hoop: the session was ended before this statement's outcome was known"
+
 EMPTY_TAG = "EMPTY QUERY"
 SUSPENDED_TAG = "SUSPENDED"
 FUNCTION_TAG = "FUNCTION CALL"
@@ -67,17 +72,29 @@ class _Broken(Exception):
 
     at = 0
     answer = b""
+    protocol = True  # False: a refusal on purpose (recorded by the caller), not a broken stream
+
+
+class _Refused(_Broken):
+    """The engine ends the session on purpose; `answer` tells the client why."""
+
+    protocol = False
 
 
 # Client encodings whose multibyte characters may end in an ASCII byte (0x5C backslash, 0x27
 
-def error_response(code: str, message: str, detail: str | None = None) -> bytes:
+def error_response(code: str, message: str, detail: str | None = None, severity: bytes = b"ERROR") -> bytes:
     """A PostgreSQL ErrorResponse (severity ERROR) as the server would send it."""
-    body = b"SERROR\0VERROR\0C" + _cstr(code) + b"M" + _cstr(message)
+    body = b"S" + severity + b"\0V" + severity + b"\0C" + _cstr(code) + b"M" + _cstr(message)
     if detail:
         body += b"D" + _cstr(detail)
     body += b"\0"
     return b"E" + _U32_PACK(len(body) + 4) + body
+
+
+def fatal_response(code: str, message: str, detail: str | None = None) -> bytes:
+    """An ErrorResponse of severity FATAL: the session ends after it (clients say so)."""
+    return error_response(code, message, detail, b"FATAL")
 
 
 def ready_for_query(status: bytes = b"I") -> bytes:
@@ -98,7 +115,7 @@ def _remember(table: dict, key: bytes, value) -> None:
     table[key] = value
 
 
-def _refusal(verdict: Verdict) -> bytes:
+def _refusal(verdict: Verdict, fatal: bool = False) -> bytes:
     if verdict.action == "hold":
         code = HOLD_SQLSTATE
         message = verdict.message or "hoop: statement held for approval"
@@ -106,7 +123,7 @@ def _refusal(verdict: Verdict) -> bytes:
         code = DENY_SQLSTATE
         message = verdict.message or "hoop: statement denied by policy"
     detail = f"hoop request {verdict.request_id}" if verdict.request_id else None
-    return error_response(code, message, detail)
+    return error_response(code, message, detail, b"FATAL" if fatal else b"ERROR")
 
 
 def _bind_params(data: bytes, j: int, end: int) -> tuple[str | None, ...]:
