@@ -421,3 +421,16 @@ def test_cap_settings_are_validated():
         ApprovalBook({"dba"}, max_pending_bytes=0)
     with pytest.raises(ValueError, match="max_finished"):
         ApprovalBook({"dba"}, max_finished=-1)
+
+
+def test_gateway_settings_read_the_approval_caps():
+    from hoopcli.gateway.settings import settings_from_dict
+
+    issuers = [{"issuer": "https://idp.example.com", "audiences": ["hoop-cli"]}]
+    default = settings_from_dict({"issuers": issuers})
+    assert (default.approval_max_pending, default.approval_max_pending_bytes) == (100, 64 * 1024 * 1024)
+    tuned = settings_from_dict({"gateway": {"approvals": {"max_pending": 7, "max_pending_bytes": 1024}}, "issuers": issuers})
+    assert (tuned.approval_max_pending, tuned.approval_max_pending_bytes) == (7, 1024)
+    for bad in (0, -1, "64MiB", True, 1.5):
+        with pytest.raises(ValueError, match="gateway.approvals.max_pending_bytes must be a positive whole number"):
+            settings_from_dict({"gateway": {"approvals": {"max_pending_bytes": bad}}, "issuers": issuers})
