@@ -30,7 +30,10 @@ pytestmark = pytest.mark.slow
 MiB = 1024 * 1024
 STATEMENT_BYTES = 16 * MiB
 HELD = 50
-PER_ROUND = 3  # held at once before carol denies them: 48 MiB, under the 64 MiB a requester may have waiting
+# Held at once before carol denies them: 48 MiB, with room under the 64 MiB one requester may
+# have waiting for whatever small requests of alice's earlier tests still wait.
+PER_ROUND = DEFAULT_MAX_PENDING_BYTES // STATEMENT_BYTES - 1
+ONE_TOO_MANY = DEFAULT_MAX_PENDING_BYTES - PER_ROUND * STATEMENT_BYTES + MiB
 TABLE = "bounded_scratch"
 
 
@@ -46,7 +49,8 @@ def scratch(pg_server):
 @contextmanager
 def tunnel(env: dict, connection: str):
     """`hoop connect CONNECTION` for the length of the block: yields the local port."""
-    proc = subprocess.Popen(HOOP + ["connect", connection, "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = HOOP + ["connect", connection, "--json"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         ready = json.loads(proc.stdout.readline())
         assert ready["event"] == "ready", ready
@@ -113,7 +117,7 @@ def test_fifty_held_16_mib_statements_keep_gateway_memory_growth_under_50_mib(ga
             if len(waiting) < PER_ROUND and n < HELD - 1:
                 continue
             if n == PER_ROUND - 1:  # once, with 48 MiB waiting: 17 MiB more is over the cap
-                refused = _refusal(conn, _big(f"DELETE FROM {TABLE} -- one too many\n", 17 * MiB))
+                refused = _refusal(conn, _big(f"DELETE FROM {TABLE} -- one too many\n", ONE_TOO_MANY))
                 assert refused.sqlstate == "42501" and "too many pending approval bytes for alice" in str(refused)
             for request_id in waiting:
                 assert carol.decide(request_id, "deny", "too big to review")["status"] == "denied"
@@ -122,7 +126,7 @@ def test_fifty_held_16_mib_statements_keep_gateway_memory_growth_under_50_mib(ga
         assert conn.execute(f"select count(*) from {TABLE}").fetchone() == (3,)  # the session goes on
     assert len(statements) == HELD and _rows(pg_server) == [1, 2, 3]
     grown_mib = (rss_after - rss_before) / 1024
-    print(f"\ngateway RSS {rss_before / 1024:.1f} -> {rss_after / 1024:.1f} MiB (+{grown_mib:.1f}) over {HELD} held 16 MiB statements")
+    print(f"\ngateway RSS {rss_before / 1024:.1f} -> {rss_after / 1024:.1f} MiB (+{grown_mib:.1f}) for {HELD} held")
     assert grown_mib < 50, f"the gateway grew by {grown_mib:.1f} MiB holding {HELD} statements of 16 MiB"
 
     records = [r for r in gateway.records(sub="alice") if (r.get("details") or {}).get("request_id") in statements]
@@ -136,7 +140,7 @@ def test_fifty_held_16_mib_statements_keep_gateway_memory_growth_under_50_mib(ga
     filed = [r for r in records if r["kind"] == "approval_request"]
     assert len(filed) == HELD and all(len(r["statement"].encode()) <= PREFIX_BYTES for r in filed)
     disk_grown = _store_bytes(gateway) - disk_before
-    print(f"audit store and export +{disk_grown / MiB:.2f} MiB for {HELD * STATEMENT_BYTES / MiB:.0f} MiB of held statements")
+    print(f"audit store and export +{disk_grown / MiB:.2f} MiB for {HELD * STATEMENT_BYTES / MiB:.0f} MiB held")
     assert disk_grown < STATEMENT_BYTES, f"the audit trail grew by {disk_grown} bytes"
 
 
@@ -151,7 +155,8 @@ def test_approvals_list_is_one_bounded_page(gateway, as_user, pg_server):
     page = json.loads(listing.out)
     assert len(page["approvals"]) == PER_ROUND and page["next"]
     assert all(len(a["statement"].encode()) <= PREFIX_BYTES for a in page["approvals"])
-    following = json.loads(run_subprocess(["approvals", "list", "--json", "--limit", "500", "--cursor", page["next"]], carol).out)
+    after = run_subprocess(["approvals", "list", "--json", "--limit", "500", "--cursor", page["next"]], carol)
+    following = json.loads(after.out)
     first_ids = {a["id"] for a in page["approvals"]}
     assert following["approvals"] and not first_ids & {a["id"] for a in following["approvals"]}
 
@@ -178,7 +183,8 @@ def test_a_long_grant_runs_its_exact_text_once_and_never_a_twin(gateway, as_user
     rows = _rows(pg_server)
     with tunnel(alice, "gated-db") as port, _connect(port, pg_server) as conn:
         request_id = _held(conn, exact)
-        wrong = run_subprocess(["approvals", "approve", request_id, "--sha256", hashlib.sha256(twin.encode()).hexdigest()], carol)
+        twin_sha = hashlib.sha256(twin.encode()).hexdigest()
+        wrong = run_subprocess(["approvals", "approve", request_id, "--sha256", twin_sha], carol)
         assert wrong.code != 0 and "nothing was approved" in wrong.err
         approved = run_subprocess(["approvals", "approve", request_id, "--sha256", sha, "--json"], carol)
         assert approved.code == 0, approved.err
@@ -193,5 +199,9 @@ def test_a_long_grant_runs_its_exact_text_once_and_never_a_twin(gateway, as_user
         assert _rows(pg_server) == [r + 100 for r in rows]
     for leftover in (twin_id, again_id):  # free alice's pending budget for the tests after this one
         assert run_subprocess(["approvals", "deny", leftover], carol).code == 0
-    ran = [r for r in gateway.records(kind="statement", sub="alice") if r["outcome"] == "ok" and (r.get("statement") or "").startswith(f"UPDATE {TABLE}")]
+    ran = [
+        r
+        for r in gateway.records(kind="statement", sub="alice")
+        if r["outcome"] == "ok" and (r.get("statement") or "").startswith(f"UPDATE {TABLE}")
+    ]
     assert [len(r["statement"]) for r in ran] == [STATEMENT_BYTES], "a statement that ran keeps its whole text"

@@ -26,13 +26,13 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Callable, Iterable, Literal, Protocol
 
 __all__ = [
+    "DEFAULT_GRANT_WINDOW",
+    "DEFAULT_PENDING_TTL",
+    "PREFIX_BYTES",
     "ApprovalBook",
     "ApprovalRequest",
     "ApprovalStateError",
     "ApprovalStore",
-    "DEFAULT_GRANT_WINDOW",
-    "DEFAULT_PENDING_TTL",
-    "PREFIX_BYTES",
     "StatementDigest",
     "digest_statement",
 ]
@@ -226,7 +226,8 @@ class ApprovalBook:
         self.grant_window = float(grant_window)
         self.pending_ttl = float(pending_ttl)
         self.retention = float(retention)
-        for name, count in (("max_pending_per_sub", max_pending_per_sub), ("max_pending_bytes", max_pending_bytes), ("max_finished", max_finished)):
+        caps = {"max_pending_per_sub": max_pending_per_sub, "max_pending_bytes": max_pending_bytes, "max_finished": max_finished}
+        for name, count in caps.items():
             if not (isinstance(count, int) and count > 0):
                 raise ValueError(f"{name} must be a positive whole number, got {count!r}")
         self.max_pending_per_sub = max_pending_per_sub
