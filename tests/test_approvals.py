@@ -307,7 +307,7 @@ def test_a_truncated_prefix_stops_before_a_password_it_might_cut_open():
 
 def test_a_grant_runs_only_the_exact_long_text_not_one_with_the_same_prefix(book):
     req = book.request("alice", "app-db", LONG)
-    book.approve(req.id, "carol", ["dba"])
+    book.approve(req.id, "carol", ["dba"], sha256=_sha(LONG))
     twin = LONG[:-4] + "y */"  # same 4 KiB prefix, same length, other text
     assert digest_statement(twin).prefix == req.statement and len(twin) == len(LONG)
     assert book.consume("alice", "app-db", twin) is None
@@ -333,10 +333,14 @@ def test_pending_bytes_are_capped_per_requester(clock):
 
 def test_approve_by_hash_refuses_another_hash(book):
     req = book.request("alice", "app-db", LONG)
+    with pytest.raises(ApprovalStateError, match=f"only the first {PREFIX_BYTES} are kept.*{_sha(LONG)}"):
+        book.approve(req.id, "carol", ["dba"])  # a truncated statement is not approved unread
     with pytest.raises(ApprovalStateError, match="nothing was approved"):
         book.approve(req.id, "carol", ["dba"], sha256=_sha(LONG + " "))
     assert book.get(req.id).status == "pending"
     assert book.approve(req.id, "carol", ["dba"], sha256=_sha(LONG).upper()).status == "approved"
+    other = book.request("alice", "app-db", LONG + "-- 2")
+    assert book.deny(other.id, "carol", ["dba"]).status == "denied"  # denying needs no hash
 
 
 def test_requests_saved_before_the_prefix_format_still_load(clock):

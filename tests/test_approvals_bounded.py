@@ -183,6 +183,8 @@ def test_a_long_grant_runs_its_exact_text_once_and_never_a_twin(gateway, as_user
     rows = _rows(pg_server)
     with tunnel(alice, "gated-db") as port, _connect(port, pg_server) as conn:
         request_id = _held(conn, exact)
+        blind = run_subprocess(["approvals", "approve", request_id], carol)
+        assert blind.code != 0 and f"approve with the SHA-256 of that text (--sha256); this one's is {sha}" in blind.err
         twin_sha = hashlib.sha256(twin.encode()).hexdigest()
         wrong = run_subprocess(["approvals", "approve", request_id, "--sha256", twin_sha], carol)
         assert wrong.code != 0 and "nothing was approved" in wrong.err

@@ -400,8 +400,8 @@ class ApprovalBook:
     ) -> ApprovalRequest:
         """Grant one use of the request's statement, within `grant_window` seconds from now.
 
-        sha256: when given, approve only if the statement's SHA-256 is this (an approver who
-        read a long statement's whole text elsewhere proves it is the one they approve).
+        sha256: approve only if the statement's SHA-256 is this. Required when the request
+        keeps only a prefix: nobody approves a statement they could not read by one click.
         PermissionError when the approver is the requester or in none of the approver groups;
         ApprovalStateError when the request is no longer pending or the hash differs;
         KeyError for an unknown id."""
@@ -445,6 +445,13 @@ class ApprovalBook:
                 request = self._expire(request, now, changed)
                 if request.status != "pending":
                     raise ApprovalStateError(f"request {request.id} is {request.status}, not pending")
+                if status == "approved" and request.truncated and sha256 is None:
+                    raise ApprovalStateError(
+                        f"request {request.id} is for a statement of {request.statement_bytes} bytes, of which "
+                        f"only the first {len(request.statement.encode('utf-8', 'surrogatepass'))} are kept: "
+                        "read the whole text where its requester keeps it, then approve with the SHA-256 of "
+                        f"that text (--sha256); this one's is {request.statement_sha256}"
+                    )
                 if sha256 is not None and sha256.strip().lower() != request.statement_sha256:
                     raise ApprovalStateError(
                         f"request {request.id} is for the statement with SHA-256 {request.statement_sha256}, "
