@@ -493,3 +493,64 @@ def test_prepared_statements_through_the_engine(mariadb_server):
     ]
     assert isinstance(events[12], StatementBlocked) and events[12].verdict.rule == "mysql-refused-prepare"
     assert s.sql(f"select count(*) from `{db}`.t").strip() == "1"
+
+
+# ---- character sets and the pinned database (issue 17, items 2 and 9) -----------------------------
+
+
+def test_every_collation_the_server_has_is_allowed_exactly_when_its_character_set_is_safe(mariadb_server):
+    """The allow-list against this server's own table, UCA 14.0 collations included: a new
+    collation of an unsafe set can never slip in as an allowed id."""
+    from hoopcli.gateway.protocols.mysql.charsets import SAFE_CHARSETS, SAFE_COLLATION_IDS
+
+    rows = mariadb_server.sql(
+        "SELECT ID, CHARACTER_SET_NAME FROM information_schema.COLLATION_CHARACTER_SET_APPLICABILITY WHERE ID IS NOT NULL"
+    )
+    table = {int(i): name for i, name in (line.split("\t") for line in rows.splitlines())}
+    assert len(table) > 300
+    wrong = {i: name for i, name in table.items() if (i in SAFE_COLLATION_IDS) != (name in SAFE_CHARSETS)}
+    assert wrong == {}
+
+
+PINNED = "hoop: this connection is pinned to database `app`"
+
+
+def test_a_pinned_engine_refuses_another_database_at_login_with_a_clear_error(mariadb_server):
+    s = mariadb_server
+    pinned = lambda: MySQLEngine(database="app")  # noqa: E731
+    other = run_client(s, "select 1", database="mysql", make_engine=pinned)
+    assert other.returncode == 1 and f"ERROR 1044 (42000): {PINNED}" in other.stderr, other.stderr
+    assert [type(e) for e in other.sessions[0]] == [ProtocolError]  # nothing reached the server
+    same = run_client(s, "select database()", database="app", make_engine=pinned)
+    none = run_client(s, "select database()", make_engine=pinned)
+    assert (same.returncode, same.stdout.strip()) == (0, "app")
+    assert (none.returncode, none.stdout.strip()) == (0, "NULL")
+
+
+_CHANGE_USER = """
+import os, sys
+import mysql.connector
+c = mysql.connector.connect(host="127.0.0.1", port=int(sys.argv[1]), user=sys.argv[2],
+                            password=os.environ["MYSQL_PWD"], database="app", use_pure=False)
+try:
+    c.cmd_change_user(username=sys.argv[2], password=os.environ["MYSQL_PWD"], database="mysql")
+    print("changed")
+except mysql.connector.Error as exc:
+    print("refused", exc.errno, exc.sqlstate, exc.msg)
+cur = c.cursor()
+cur.execute("select database()")
+print("after", cur.fetchone()[0])
+"""
+
+
+def test_a_pinned_engine_refuses_change_user_to_another_database_and_the_session_goes_on(mariadb_server):
+    import sys
+
+    s = mariadb_server
+    run = run_argv(
+        s,
+        lambda port: [sys.executable, "-c", _CHANGE_USER, str(port), s.app_user],
+        make_engine=lambda: MySQLEngine(database="app"),
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == [f"refused 1044 42000 {PINNED}", "after app"]
