@@ -148,7 +148,7 @@ def test_merge_arm_without_its_own_condition_is_unbounded_and_held(sql, category
     "sql",
     [
         "MERGE INTO customers c USING new_customers s ON c.id = s.id WHEN MATCHED AND s.gone THEN DELETE "
-        "WHEN MATCHED AND s.name <> c.name THEN UPDATE SET name = s.name WHEN NOT MATCHED THEN INSERT VALUES (s.id, s.name)",
+        "WHEN MATCHED AND c.name <> 'keep' THEN UPDATE SET name = s.name WHEN NOT MATCHED THEN INSERT VALUES (s.id, s.name)",
         "MERGE INTO customers c USING new_customers s ON c.id = s.id WHEN NOT MATCHED THEN INSERT VALUES (s.id, s.name)",
         "EXPLAIN MERGE INTO customers c USING customers s ON c.id = s.id WHEN MATCHED THEN DELETE",
     ],
@@ -405,3 +405,64 @@ def test_pinned_mysql_connection_allows_its_own_database(sql):
 def test_unpinned_or_postgres_connections_have_no_use_check():
     assert database_pin(None, MY) is None and database_pin("", MY) is None
     assert database_pin("app", PG) is None
+
+
+# ---- 8. a WHERE that names a column but matches every row (issue 28) -----------------------
+
+EVERY_ROW = [
+    "DELETE FROM t WHERE id = id", "DELETE FROM t WHERE t.id = t.id", "DELETE FROM t WHERE id IS NOT NULL",
+    "DELETE FROM t WHERE NOT (id IS NULL)", "DELETE FROM t WHERE id > 0 OR true", "DELETE FROM t WHERE true OR id = 5",
+    "DELETE FROM t WHERE (id = 5) OR (1 = 1)", "DELETE FROM t WHERE id = id + 0", "DELETE FROM t WHERE id IN (SELECT id FROM t)",
+    "DELETE FROM t WHERE id IN (SELECT id FROM t UNION SELECT id FROM u WHERE x = 1)",
+    "DELETE FROM t WHERE EXISTS (SELECT 1)", "DELETE FROM t WHERE 5 IN (SELECT id FROM t WHERE id = 5)",
+    "DELETE FROM t WHERE (SELECT true)", "UPDATE t SET x = 1 WHERE id = id", "UPDATE t SET x = 1 WHERE x IS NOT NULL OR x IS NULL",
+    "UPDATE t SET x = 1 WHERE id IN (SELECT id FROM t)",
+]
+NARROW = [
+    "DELETE FROM t WHERE id = 5", "DELETE FROM t WHERE id IN (1, 2, 3)", "DELETE FROM t WHERE id BETWEEN 1 AND 5",
+    "DELETE FROM t WHERE name LIKE 'a%'", "DELETE FROM t WHERE id IS NULL", "DELETE FROM t WHERE id = 5 AND true",
+    "DELETE FROM t WHERE id = 5 OR id = 6", "DELETE FROM t WHERE id IN (SELECT id FROM u WHERE u.x = 1)",
+    "DELETE FROM t WHERE id = (SELECT max(id) FROM t)", "UPDATE t SET x = 1 WHERE id = 5",
+    "DELETE FROM t WHERE NOT (id = 5) AND id < 10", "DELETE FROM t WHERE lower(name) = 'bob'",
+]
+
+
+@pytest.mark.parametrize("dialect", [PG, MY])
+@pytest.mark.parametrize("sql", EVERY_ROW)
+def test_where_that_matches_every_row_is_held(sql, dialect):
+    cats = categories(sql, dialect)
+    assert cats & {"delete_without_where", "update_without_where", "unparseable"}, (sql, cats)
+    assert decide(sql, dialect) == "require_approval"
+
+
+@pytest.mark.parametrize("dialect", [PG, MY])
+@pytest.mark.parametrize("sql", NARROW)
+def test_where_that_compares_a_column_with_a_value_passes(sql, dialect):
+    assert decide(sql, dialect) == "allow", classify(sql, dialect)
+
+
+# ---- 9. switching off the server's own safety or audit (issue 28) --------------------------
+
+@pytest.mark.parametrize(
+    "sql, dialect",
+    [
+        ("SET session_replication_role = replica", PG), ("SET LOCAL session_replication_role TO 'replica'", PG),
+        ("SELECT set_config('session_replication_role', 'replica', false)", PG), ("SET pgaudit.log = 'none'", PG),
+        ("SET pgaudit.log_level TO debug5", PG), ("SET log_statement = 'none'", PG),
+        ("SET GLOBAL general_log = 0", MY), ("SET sql_log_bin = 0", MY), ("SET @@session.sql_log_bin = OFF", MY),
+        ("SET SESSION sql_log_off = 1", MY), ("SET GLOBAL server_audit_logging = OFF", MY),
+        ("SET @@global.server_audit_excl_users = 'app_user'", MY), ("SET STATEMENT sql_log_bin = 0 FOR DELETE FROM t WHERE id = 1", MY),
+        ("SET GLOBAL max_connections = 1", MY), ("SET PERSIST local_infile = 1", MY),
+        ("SET @@global.general_log_file = '/var/lib/mysql/x.php'", MY), ("INSTALL PLUGIN server_audit SONAME 'server_audit'", MY),
+        ("INSTALL COMPONENT 'file://component_validate_password'", MY), ("UNINSTALL PLUGIN server_audit", MY),
+    ],
+)
+def test_switching_off_the_servers_own_safety_is_held(sql, dialect):
+    assert decide(sql, dialect) == "require_approval", classify(sql, dialect)
+
+
+@pytest.mark.parametrize("sql, dialect", [("RESET session_replication_role", PG), ("SET search_path = app, public", PG),
+                                          ("SET statement_timeout = 5000", PG), ("SET autocommit = 0", MY),
+                                          ("SET SESSION sql_mode = 'ANSI'", MY), ("SET @sql_log_bin = 0", MY)])
+def test_ordinary_session_settings_pass(sql, dialect):
+    assert decide(sql, dialect) == "allow", classify(sql, dialect)

@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 
 from .categories import StatementClass, _extra_readings, _part
+from .narrowing import my_narrows
 from .mysql_risks import create_categories, set_statement, use_target
 
 _MY_WS = "[ \t\n\r\f\v]"
@@ -207,8 +208,7 @@ def _my_sqlglot(canonical: str) -> tuple[set[str], str]:
             continue
         verb = "delete" if isinstance(node, exp.Delete) else "update"
         cats.add(verb)
-        where = node.args.get("where")
-        if where is None or where.find(exp.Column) is None:
+        if not my_narrows(node.args.get("where")):
             cats.add(f"{verb}_without_where")
     return cats, ""
 

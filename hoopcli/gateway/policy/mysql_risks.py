@@ -8,6 +8,8 @@
   `CHARSET`, `character_set_client`/`_connection`, `collation_connection`, in any scope or
   spelling): `encoding` unless the value is one literal, ASCII-safe character set. A user
   variable, a number (collation id), a hex or introduced literal, an expression: `encoding`.
+- `SET` of the binary, general or slow log or of the audit plugin's settings: `safety_off`;
+  any `SET GLOBAL` / `PERSIST` (a setting for every session of the server): `admin`.
 - `SET STATEMENT var = value [, …] FOR statement` (MariaDB) runs its statement: that statement
   is classified too.
 
@@ -59,6 +61,12 @@ def create_categories(words: list[str]) -> set[str]:
 _TOKEN = re.compile(r"'(?:[^'\\]|\\.)*'|`(?:[^`]|``)*`|[0-9A-Za-z_$\x80-\U0010ffff]+|:=|\S")
 _SCOPES = frozenset({"GLOBAL", "SESSION", "LOCAL", "PERSIST", "PERSIST_ONLY"})
 _CHARSET_VARIABLES = frozenset({"CHARACTER_SET_CLIENT", "CHARACTER_SET_CONNECTION", "COLLATION_CONNECTION"})
+_SERVER_SCOPES = frozenset({"GLOBAL", "PERSIST", "PERSIST_ONLY"})
+# Settings that switch off the server's own record or safety for a session or for everyone:
+# the binary log (replicas and point-in-time recovery miss what follows), the general and
+# slow logs, MariaDB's audit plugin, MySQL Enterprise Audit.
+_SAFETY_VARIABLES = frozenset({"SQL_LOG_BIN", "SQL_LOG_OFF", "GENERAL_LOG", "SLOW_QUERY_LOG", "LOG_BIN_TRUST_FUNCTION_CREATORS"})
+_SAFETY_PREFIXES = ("SERVER_AUDIT", "AUDIT_LOG")
 
 
 def _name(token: str) -> str:
@@ -104,21 +112,32 @@ def _split_top_level(tokens: list[str], separator: str) -> list[list[str]]:
     return pieces
 
 
-def _assignment_switches_charset(tokens: list[str]) -> bool:
-    """True when one `SET` list element may set the client character set unsafely."""
+def _assignment_categories(tokens: list[str]) -> set[str]:
+    """Categories one `SET` list element adds: `encoding`, `safety_off`, `admin`."""
     i = 0
     while i < len(tokens) and tokens[i] == "@":  # @@var (one @ is a user variable: harmless)
         i += 1
     if i == 1:
-        return False
+        return set()
     names = [_name(t) for t in tokens[i:]]
-    # skip scope words and `session.` prefixes
-    while names and (names[0] in _SCOPES or (len(names) > 1 and names[1] == ".")):
+    scopes = set()
+    while names and (names[0] in _SCOPES or (len(names) > 1 and names[1] == ".")):  # GLOBAL x, @@session.x
+        scopes.add(names[0])
         names = names[2:] if len(names) > 1 and names[1] == "." else names[1:]
     if not names:
-        return False
-    raw = tokens[len(tokens) - len(names):]
+        return set()
+    cats = {"admin"} if scopes & _SERVER_SCOPES else set()  # server-wide settings, for every session
+    raw = tokens[len(tokens) - len(names) :]
     head = names[0]
+    if head in _SAFETY_VARIABLES or head.startswith(_SAFETY_PREFIXES):
+        cats.add("safety_off")
+    if _switches_charset(head, names, raw):
+        cats.add("encoding")
+    return cats
+
+
+def _switches_charset(head: str, names: list[str], raw: list[str]) -> bool:
+    """True when the element may set the client character set to an unsafe one."""
     if head == "NAMES":
         value = raw[1:]
         if len(value) >= 2 and _name(value[1]) == "COLLATE":
@@ -155,8 +174,8 @@ def set_statement(canonical: str, classify_text: Callable[[str], Iterable[tuple[
             cats.update(inner_cats)
             note = note or inner_note
         body = tokens[2:cut]
-    if any(_assignment_switches_charset(piece) for piece in _split_top_level(body, ",")):
-        cats.add("encoding")
+    for piece in _split_top_level(body, ","):
+        cats |= _assignment_categories(piece)
     return cats, note
 
 

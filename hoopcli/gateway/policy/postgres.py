@@ -9,6 +9,7 @@ import re
 from typing import Any, Mapping
 
 from .categories import StatementClass, _extra_readings, _part
+from .narrowing import pg_narrows
 from .postgres_risks import LITERAL_DEPENDENT, pg_risk_scan, pg_walk_risks
 
 log = logging.getLogger(__name__)
@@ -99,26 +100,12 @@ def _pg_explain_runs(fields: Mapping[str, Any]) -> bool:
     return False
 
 
-def _pg_refers_to_rows(where: Any) -> bool:
-    """True when a WHERE clause mentions a column (or CURRENT OF): it can single rows out."""
-    stack = [where]
-    while stack:
-        obj = stack.pop()
-        if isinstance(obj, dict):
-            if "ColumnRef" in obj or "CurrentOfExpr" in obj:
-                return True
-            stack.extend(v for v in obj.values() if isinstance(v, (dict, list)))
-        elif isinstance(obj, list):
-            stack.extend(obj)
-    return False
-
-
 def _pg_dml_categories(kind: str, fields: Mapping[str, Any], out: set[str]) -> None:
     if kind == "DeleteStmt" or kind == "UpdateStmt":
         verb = "delete" if kind == "DeleteStmt" else "update"
         out.add(verb)
         where = fields.get("whereClause")
-        if where is None or not _pg_refers_to_rows(where):
+        if not pg_narrows(where):
             out.add(f"{verb}_without_where")
     elif kind == "InsertStmt":
         out.add("insert")
@@ -136,7 +123,7 @@ def _pg_dml_categories(kind: str, fields: Mapping[str, Any], out: set[str]) -> N
             # An arm's own AND condition is its WHERE. The ON condition is a join, not a filter:
             # `USING t AS s ON t.id = s.id` matches every row, so it never narrows an arm.
             condition = arm.get("condition")
-            if verb != "insert" and (condition is None or not _pg_refers_to_rows(condition)):
+            if verb != "insert" and not pg_narrows(condition):
                 out.add(f"{verb}_without_where")
 
 

@@ -20,7 +20,7 @@ from .postgres_risks import LITERAL_DEPENDENT
 #    PostgreSQL's own lexer read it as one ICONST/SCONST token starting there, and its grammar
 #    made an expression constant of it.
 # 2. The classifier never looks into A_Const nodes: _pg_node_categories, _pg_walk_dml and
-#    _pg_refers_to_rows read node types, keyword flags, ColumnRefs and option arguments
+#    narrowing.pg_narrows read node types, keyword flags, ColumnRefs and option arguments
 #    (EXPLAIN (ANALYZE 0), COPY ... 'file'), none of which is an A_Const. So its result cannot
 #    depend on those literals' values. The one exception, the encoding check of
 #    postgres_risks.py, marks its texts so that they are never stored (see below).

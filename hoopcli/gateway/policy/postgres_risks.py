@@ -10,6 +10,8 @@
   classifier cannot see (`dynamic_sql`); `lo_export`, `pg_read_file`, `pg_file_write` touch the
   server's files (`copy_file`); `pg_terminate_backend`, `pg_reload_conf`, replication-slot
   functions act on the server (`admin`); `lo_unlink` destroys a large object (`drop`).
+- `safety_off`: `SET session_replication_role` (replica mode skips ordinary triggers, an
+  audit trigger among them), `SET pgaudit.…`, `SET log_statement …`, also via set_config().
 - `encoding`: a statement that may switch the session's client_encoding to one whose
   multibyte characters can end in an ASCII quote or backslash (SJIS, BIG5, GBK, …). From then
   on the server would read the bytes differently from the gateway, so a statement the gateway
@@ -80,7 +82,7 @@ _MARKER = re.compile(
     "|".join(
         [f'"{name}"' for name in sorted(_ROUTINE_NODES | {"DefineStmt"})]
         + [rf'"sval":"{name}"' for name in sorted(_RISKY_FUNCTIONS)]
-        + ['"sval":"set_config"', "client_encoding"]
+        + ['"sval":"set_config"', "client_encoding", '"VariableSetStmt"']
     ),
     re.IGNORECASE,
 )
@@ -116,6 +118,18 @@ def _string_const(node: Any) -> str | None:
     return None
 
 
+# Settings that switch off the server's own safety or record: replica mode skips ordinary
+# triggers (an audit trigger among them) and foreign-key actions; pgaudit and the statement
+# log are the database's own trail.
+_SAFETY_SETTINGS = frozenset({"session_replication_role", "log_statement", "log_min_duration_statement",
+                              "log_duration", "log_min_error_statement", "log_min_messages"})
+
+
+def _safety_setting(name: str) -> bool:
+    name = name.lower()
+    return name in _SAFETY_SETTINGS or name.startswith("pgaudit.")
+
+
 def _set_statement_is_unsafe(fields: dict) -> bool:
     """SET client_encoding / SET NAMES (the parser gives both the name client_encoding)."""
     if str(fields.get("name", "")).lower() != "client_encoding" or fields.get("kind") != "VAR_SET_VALUE":
@@ -130,7 +144,7 @@ def _set_config_is_unsafe(args: list) -> bool:
     if name is None:
         return True  # a computed setting name could be client_encoding
     if name.lower() != "client_encoding":
-        return False
+        return False  # (a safety setting by name: _call_categories)
     value = _string_const(args[1]) if len(args) > 1 else None
     return value is None or not safe_client_encoding(value)
 
@@ -140,8 +154,12 @@ def _call_categories(fields: dict, out: set[str]) -> None:
     last = names[-1] if names else None
     name = str((last or {}).get("String", {}).get("sval", "")).lower() if isinstance(last, dict) else ""
     if name == "set_config":
-        if _set_config_is_unsafe(fields.get("args") or []):
+        args = fields.get("args") or []
+        if _set_config_is_unsafe(args):
             out.add("encoding")
+        setting = _string_const(args[0]) if args else None
+        if setting is not None and _safety_setting(setting):
+            out.add("safety_off")
         return
     out.update(_RISKY_FUNCTIONS.get(name, ()))
 
@@ -170,6 +188,9 @@ def pg_walk_risks(node: Any, out: set[str]) -> None:
                     out.add("routine")
                 elif key == "FuncCall":
                     _call_categories(value, out)
-                elif key == "VariableSetStmt" and _set_statement_is_unsafe(value):
-                    out.add("encoding")
+                elif key == "VariableSetStmt":
+                    if _set_statement_is_unsafe(value):
+                        out.add("encoding")
+                    if value.get("kind") == "VAR_SET_VALUE" and _safety_setting(str(value.get("name", ""))):
+                        out.add("safety_off")
             stack.append(value)

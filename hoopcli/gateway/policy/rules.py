@@ -46,7 +46,9 @@ DEFAULT_RULES: tuple[Rule, ...] = (
                    "execute_prepared",
                    # Code the server runs later (a trigger fires on an ordinary INSERT), files
                    # on the database server, server administration and shared libraries.
-                   "routine", "copy_file", "admin", "load_library"}),
+                   "routine", "copy_file", "admin", "load_library",
+                   # Switching off the server's own audit or safety (triggers, logs).
+                   "safety_off"}),
         "require_approval",
     ),
     Rule(frozenset({"copy_program"}), "deny"),
