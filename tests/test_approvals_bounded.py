@@ -144,12 +144,25 @@ def test_fifty_held_16_mib_statements_keep_gateway_memory_growth_under_50_mib(ga
     assert disk_grown < STATEMENT_BYTES, f"the audit trail grew by {disk_grown} bytes"
 
 
-def test_approvals_list_is_one_bounded_page(gateway, as_user, pg_server):
+def test_the_approvals_endpoint_bounds_its_own_page(gateway, tokens):
+    from hoopcli.errors import UsageError
+
+    carol = GatewayAPI(gateway.url, tokens("carol"), gateway.ca_file)
+    for limit in ("0", "501", "\u00b2", "-1", "1e3"):  # the gateway checks, whatever the client sends
+        with pytest.raises(UsageError, match="limit must be a whole number from 1 to 500"):
+            carol.approvals_page(limit=limit)
+    with pytest.raises(UsageError, match="bad cursor"):
+        carol.approvals_page(cursor="1e999_abc")
+
+
+def test_approvals_list_is_one_bounded_page(gateway, as_user, tokens, pg_server):
     carol = as_user("carol")
     bob = as_user("bob", PGPASSWORD=pg_server.app_password)
     for n in range(PER_ROUND + 1):  # more requests than the page below holds, whatever ran before
         held = run_subprocess(["exec", "gated-db", "--", "psql", "-X", "-c", f"DROP TABLE page_{n}"], bob)
         assert "held for approval" in held.err, held.err
+    mine = GatewayAPI(gateway.url, tokens("bob"), gateway.ca_file).approvals_page(limit=500)
+    assert len(mine["approvals"]) >= PER_ROUND + 1 and {a["sub"] for a in mine["approvals"]} == {"bob"}
     listing = run_subprocess(["approvals", "list", "--json", "--limit", str(PER_ROUND)], carol)
     assert listing.code == 0, listing.err
     page = json.loads(listing.out)
