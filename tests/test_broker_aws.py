@@ -278,13 +278,6 @@ def test_aws_cli_uses_hoop_as_credential_process(moto_sts, tokens, tmp_path):
     assert json.loads(done.stdout)["Arn"] == "arn:aws:sts::123456789012:assumed-role/hoop-dev/alice@example.com"
 
 
-def _access_supports_local_connections() -> bool:
-    source = (Path(__file__).resolve().parents[1] / "hoopcli" / "access.py").read_text()
-    return "profile.connections" in source or "local_connection" in source
-
-
-@pytest.mark.skipif(not _access_supports_local_connections(),
-                    reason="hoopcli/access.py does not open profile-local connections (no gateway) yet")
 def test_exec_aws_cli_with_a_profile_local_connection(moto_sts, tokens, tmp_path):
     from tests.support.cli import HOOP
 

@@ -221,14 +221,8 @@ def test_never_reads_or_writes_vault_token_files(openbao, pg_server, tokens, tmp
 # ---- end to end: hoop exec through a gateway with a vault-brokered connection ---------------
 
 
-def _postgres_engine_ready() -> bool:
-    return (Path(__file__).resolve().parents[1] / "hoopcli" / "gateway" / "protocols" / "postgres.py").exists()
-
-
 @pytest.fixture(scope="module")
 def vault_gateway(openbao, oidc_provider, pg_server):
-    if not _postgres_engine_ready():
-        pytest.skip("the PostgreSQL wire engine (hoopcli/gateway/protocols/postgres.py) is not there yet")
     from tests.support.gateway import gateway_config, start_gateway
 
     workdir = Path(tempfile.mkdtemp(prefix="hoop-vault-gateway-"))
