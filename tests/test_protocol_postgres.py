@@ -322,7 +322,7 @@ def test_startup_passes_through_without_copy():
     engine = PostgresEngine()
     data = startup()
     assert engine.from_client(data).to_server == data
-    chunk = Q("select 1") + Q("select 2")
+    chunk = P("select 1") + B() + E() + SYNC
     assert engine.from_client(chunk).to_server is chunk
     reply = T("a") + DR(1) + CC("SELECT 1") + Z()
     assert engine.from_server(reply).to_client is reply
@@ -394,17 +394,23 @@ def test_empty_query_and_notices():
 
 
 def test_pipelined_simple_queries_each_get_their_outcome():
+    """Each Query waits behind the fence until the one before it is answered (ReadyForQuery)."""
     client = Q("select 1") + Q("select x") + Q("select 3")
-    server = T("a") + DR(1) + CC("SELECT 1") + Z() + ERR("42703", "no x") + Z() + T("a") + DR(3) + CC("SELECT 1") + Z(b"I")
-    res = run(session(("c", client), ("s", server)))
+    res = run(session(
+        ("c", client),
+        ("s", T("a") + DR(1) + CC("SELECT 1") + Z()),
+        ("s", ERR("42703", "no x") + Z()),
+        ("s", T("a") + DR(3) + CC("SELECT 1") + Z(b"I")),
+    ))
     assert res.events[1:] == [
         StatementStarted("select 1", "query"),
+        StatementFinished("SELECT 1"),
         StatementStarted("select x", "query"),
+        StatementFailed("42703", "no x"),
         StatementStarted("select 3", "query"),
         StatementFinished("SELECT 1"),
-        StatementFailed("42703", "no x"),
-        StatementFinished("SELECT 1"),
     ]
+    assert [step[0] for step in res.per_step[2:]] == [Q("select 1"), Q("select x"), Q("select 3"), b""]
     assert res.to_server == startup() + client
 
 
@@ -485,16 +491,19 @@ def test_pipelined_executes_each_get_their_outcome():
         + SYNC
         + P("select 1") + B() + E() + SYNC
     )
-    server = PARSE_OK + BIND_OK + CC("INSERT 0 1") + BIND_OK + CC("INSERT 0 1") + Z(b"I") + PARSE_OK + BIND_OK + DR(1) + CC("SELECT 1") + Z()
-    res = run(session(("c", client), ("s", server)))
+    first = PARSE_OK + BIND_OK + CC("INSERT 0 1") + BIND_OK + CC("INSERT 0 1") + Z(b"I")
+    res = run(session(("c", client), ("s", first), ("s", PARSE_OK + BIND_OK + DR(1) + CC("SELECT 1") + Z())))
     assert res.events[1:] == [
         StatementStarted("insert into t values ($1)", "execute"),
         StatementStarted("insert into t values ($1)", "execute"),
+        StatementFinished("INSERT 0 1"),
+        StatementFinished("INSERT 0 1"),
         StatementStarted("select 1", "execute"),
-        StatementFinished("INSERT 0 1"),
-        StatementFinished("INSERT 0 1"),
         StatementFinished("SELECT 1"),
     ]
+    # The second segment waited for the first one's ReadyForQuery (the encoding fence).
+    assert res.per_step[2][0] == client[: client.index(SYNC) + len(SYNC)]
+    assert res.per_step[3][0] == P("select 1") + B() + E() + SYNC
 
 
 def test_error_mid_pipeline_skips_to_sync():
@@ -506,13 +515,12 @@ def test_error_mid_pipeline_skips_to_sync():
         + SYNC
         + B(["4"], "ins") + E() + SYNC  # runs again after the Sync
     )
-    server = (
+    first = (
         PARSE_OK + BIND_OK + CC("INSERT 0 1")
         + BIND_OK + ERR("22P02", "invalid input syntax for type integer")
         + Z(b"I")
-        + BIND_OK + CC("INSERT 0 1") + Z()
     )
-    res = run(session(("c", client), ("s", server)))
+    res = run(session(("c", client), ("s", first), ("s", BIND_OK + CC("INSERT 0 1") + Z())))
     outcomes = [e for e in res.events if not isinstance(e, (StatementStarted, SessionStarted))]
     assert outcomes == [
         StatementFinished("INSERT 0 1"),
@@ -524,12 +532,11 @@ def test_error_mid_pipeline_skips_to_sync():
 
 def test_parse_error_is_reported_on_the_execute_it_prevented():
     client = P("selec 1") + B() + D() + E() + SYNC + Q("select 1")
-    server = ERR("42601", 'syntax error at or near "selec"') + Z() + CC("SELECT 1") + Z()
-    res = run(session(("c", client), ("s", server)))
+    res = run(session(("c", client), ("s", ERR("42601", 'syntax error at or near "selec"') + Z()), ("s", CC("SELECT 1") + Z())))
     assert res.events[1:] == [
         StatementStarted("selec 1", "execute"),
-        StatementStarted("select 1", "query"),
         StatementFailed("42601", 'syntax error at or near "selec"'),
+        StatementStarted("select 1", "query"),
         StatementFinished("SELECT 1"),
     ]
 
@@ -548,10 +555,22 @@ def test_flush_and_empty_execute():
     assert res.events[1:] == [StatementStarted("", "execute"), StatementFinished("EMPTY QUERY")]
 
 
-def test_unknown_portal_and_statement_are_named():
-    res = run(session(("c", B(name="sqlprep") + E() + E("cur") + SYNC), ("s", BIND_OK + CC("SELECT 1") + CC("FETCH 0") + Z())))
-    assert res.events[1].text == "<unknown prepared statement 'sqlprep'>"
-    assert res.events[2].text == "<unknown portal 'cur'>"
+def test_unknown_portal_is_named():
+    res = run(session(("c", E("cur") + SYNC), ("s", CC("FETCH 0") + Z())))
+    assert res.events[1] == StatementStarted("<unknown portal 'cur'>", "execute")
+
+
+def test_a_bind_of_a_statement_never_parsed_here_is_refused():
+    """SQL `PREPARE s AS …` (or a routine) makes a statement the gateway never saw as a Parse:
+    binding it through the protocol would run text the gate did not judge (and an approved
+    PREPARE any number of times), so the Bind is refused and its segment dropped."""
+    res = run(session(("c", B(name="sqlprep") + E() + SYNC), ("c", Q("select 1")), ("s", CC("SELECT 1") + Z())))
+    blocked = res.events[1]
+    assert isinstance(blocked, StatementBlocked) and blocked.verdict.rule == "unknown-statement"
+    assert res.per_step[2][0] == b""  # nothing of that segment reached the server
+    (refusal,) = _refusals(res.per_step[2][1])
+    assert refusal["C"] == DENY_SQLSTATE and 'prepared statement "sqlprep"' in refusal["M"]
+    assert res.events[2:] == [StatementStarted("select 1", "query"), StatementFinished("SELECT 1")]
 
 
 # ---- COPY -------------------------------------------------------------------------------
@@ -712,7 +731,8 @@ def test_gate_refusal_waits_behind_outstanding_answers():
     server_1 = T("a") + DR(1) + CC("SELECT 1") + Z()
     server_3 = T("a") + DR(3) + CC("SELECT 1") + Z()
     res = run(session(("c", client), ("s", server_1), ("s", server_3)), gate=policy)
-    assert res.per_step[2][0] == Q("select 1") + Q("select 3")
+    assert res.per_step[2][0] == Q("select 1")  # the rest waits behind the fence
+    assert res.per_step[3][0] == Q("select 3")
     assert res.per_step[2][1] == b""  # nothing for the client yet
     kinds = [k for k, _ in parse_messages(res.to_client[len(LOGIN) :])]
     assert kinds == [b"T", b"D", b"C", b"Z", b"E", b"Z", b"T", b"D", b"C", b"Z"]
@@ -720,9 +740,9 @@ def test_gate_refusal_waits_behind_outstanding_answers():
     assert res.per_step[4][1] == server_3
     assert [type(e).__name__ for e in res.events[1:]] == [
         "StatementStarted",
+        "StatementFinished",
         "StatementBlocked",
         "StatementStarted",
-        "StatementFinished",
         "StatementFinished",
     ]
 
@@ -826,7 +846,7 @@ def test_gate_exception_fails_closed():
 def test_gate_allow_passes_the_same_bytes():
     engine = PostgresEngine(allow_all)
     feed(engine, session())
-    chunk = Q("select 1") + P("select 2") + B() + E() + SYNC
+    chunk = P("select 2") + B() + E() + SYNC
     out = engine.from_client(chunk)
     assert out.to_server is chunk
 
@@ -873,7 +893,8 @@ def test_garbage_from_the_client_is_a_protocol_error(garbage):
     for how in ("whole", "bytes"):
         engine = PostgresEngine()
         feed(engine, session())
-        res = feed(engine, [("c", Q("select 1") + garbage)], how)
+        # The garbage waits behind the fence and is read once select 1 is answered.
+        res = feed(engine, [("c", Q("select 1") + garbage), ("s", CC("SELECT 1") + Z())], how)
         assert res.close
         assert res.events[0] == StatementStarted("select 1", "query")
         assert isinstance(res.events[-1], ProtocolError)
@@ -891,7 +912,7 @@ def test_garbage_from_the_server_is_a_protocol_error(garbage):
 def test_bound_bind_with_bad_params_when_recording():
     bad = msg(b"B", cstr("") + cstr("") + struct.pack("!hh", 0, 1) + struct.pack("!i", 99) + b"abc" + struct.pack("!h", 0))
     engine = PostgresEngine(record_params=True)
-    feed(engine, session())
+    feed(engine, session(("c", P("select $1") + SYNC), ("s", PARSE_OK + Z())))
     out = engine.from_client(bad)
     assert out.close and isinstance(out.events[-1], ProtocolError)
 
@@ -973,14 +994,19 @@ class ToyBackend:
     fails at Parse/Query, and with `refuse` set, texts the test policy would refuse fail
     with the engine's refusal SQLSTATEs (the reference for what the client should see)."""
 
-    def __init__(self, refuse: bool = False) -> None:
+    def __init__(self, refuse: bool = False, engine_view: bool = False) -> None:
         self.refuse = refuse
+        self.engine_view = engine_view  # the reference: also answer as the engine would
         self.stmts: dict[bytes, str] = {}
         self.portals: dict[bytes, str] = {}
         self.skipping = False
         self.carry = None
         self.outcomes: list = []
         self.seg_open = False  # extended messages since the last Sync
+        # What the engine believes each statement name holds: it refuses a Bind of any other
+        # (its own refusal, then it drops to Sync: `dropping`).
+        self.known: set[bytes] = set()
+        self.dropping = False
 
     def _refusal(self, text):
         if not self.refuse:
@@ -1005,10 +1031,22 @@ class ToyBackend:
 
     def message(self, kind: bytes, body: bytes) -> bytes:
         if kind == b"S":
-            self.skipping = False
+            self.skipping = self.dropping = False
             self.carry = None
             self.seg_open = False
             return Z()
+        if self.skipping and not self.dropping:  # the engine still reads what the server skips
+            if kind == b"P":
+                name, text, _ = body.split(b"\0", 2)
+                if not self._refusal(text.decode()):
+                    self.known.add(name)
+                else:  # refused: the engine drops the rest of the segment
+                    self.known.discard(name) if name == b"" else None
+                    self.dropping = True
+            elif kind == b"C" and body[:1] == b"S":
+                self.known.discard(body[1:-1])
+            elif kind == b"B" and self.engine_view and body.split(b"\0", 2)[1] not in self.known:
+                self.dropping = True
         if self.skipping:
             if kind == b"E" or kind == b"Q" and body != b"hoop_blocked_statement\0":
                 self._skip_outcome()
@@ -1029,6 +1067,12 @@ class ToyBackend:
             name, text, _ = body.split(b"\0", 2)
             text = text.decode()
             refused = self._refusal(text)
+            if refused:
+                if name == b"" and self.seg_open:
+                    self.known.discard(name)
+                self.dropping = True
+            else:
+                self.known.add(name)
             if refused or "bad" in text or text == "hoop_blocked_statement":
                 self.skipping = True
                 # Documented divergence: a refused Parse at the start of a segment is
@@ -1047,8 +1091,13 @@ class ToyBackend:
             return PARSE_OK
         if kind in b"BDEC":
             self.seg_open = True
+        if kind == b"C" and body[:1] == b"S":
+            self.known.discard(body[1:-1])
         if kind == b"B":
             portal, name, _ = body.split(b"\0", 2)
+            if self.engine_view and name not in self.known and name != b"hoop_grant_used":
+                self.skipping = self.dropping = True
+                return ERR(DENY_SQLSTATE, "unknown statement")
             if name not in self.stmts:
                 self.skipping = True
                 self.carry = StatementFailed("26000", "no such statement")
@@ -1118,7 +1167,7 @@ def test_model_outcomes_and_client_view_match_a_real_backend(rounds, gated, seed
     engine = PostgresEngine(policy if gated else None)
     feed(engine, session())
     backend = ToyBackend()
-    reference = ToyBackend(refuse=gated)
+    reference = ToyBackend(refuse=gated, engine_view=True)
     seen_by_client = b""
     expected_by_client = b""
     events = []
@@ -1132,12 +1181,15 @@ def test_model_outcomes_and_client_view_match_a_real_backend(rounds, gated, seed
             forwarded += out.to_server
             seen_by_client += out.to_client
             events += out.events
-        reply = backend.feed(forwarded)
-        for chunk in _chunks(reply, "random", rng):
-            out = engine.from_server(chunk)
-            assert not out.close
-            seen_by_client += out.to_client
-            events += out.events
+        while forwarded:  # what the fence lets go goes to the backend in turn
+            reply = backend.feed(forwarded)
+            forwarded = b""
+            for chunk in _chunks(reply, "random", rng):
+                out = engine.from_server(chunk)
+                assert not out.close
+                forwarded += out.to_server
+                seen_by_client += out.to_client
+                events += out.events
     assert _kinds_and_codes(seen_by_client) == _kinds_and_codes(expected_by_client)
     outcomes = [e for e in events if isinstance(e, (StatementFinished, StatementFailed))]
     assert outcomes == backend.outcomes
@@ -1306,14 +1358,14 @@ def test_the_unnamed_statement_runs_once_until_parsed_again():
 
 def test_pipelined_binds_before_the_parse_is_answered():
     client = P("truncate t", "s1") + SYNC + B(name="s1") + E() + SYNC + B(name="s1") + E() + SYNC
-    server = PARSE_OK + Z() + BIND_OK + TRUNCATE_TAG + Z()
-    res = run(session(("c", client), ("s", server)), gate=grants)
+    res = run(session(("c", client), ("s", PARSE_OK + Z()), ("s", BIND_OK + TRUNCATE_TAG + Z())), gate=grants)
     assert res.per_step[2][0] == P("truncate t", "s1") + SYNC + B(name="s1") + E() + SYNC
     assert res.per_step[2][1] == b""  # the refusal waits for the answers ahead of it
-    got = parse_messages(res.per_step[3][1])
+    got = parse_messages(res.per_step[3][1] + res.per_step[4][1])
     assert [k for k, _ in got] == [b"1", b"Z", b"2", b"C", b"Z", b"E", b"Z"]
     assert error_fields(got[5][1])["M"] == GRANT_USED_MESSAGE
-    assert [type(e).__name__ for e in res.events[1:]] == ["StatementStarted", "StatementBlocked", "StatementFinished"]
+    # the third segment waited behind the fence for the second one's ReadyForQuery
+    assert [type(e).__name__ for e in res.events[1:]] == ["StatementStarted", "StatementFinished", "StatementBlocked"]
 
 
 def test_a_confirmed_close_or_new_parse_frees_the_name():
@@ -1494,14 +1546,20 @@ def test_model_no_approval_runs_twice_whatever_the_client_sends(rounds, seed):
             assert not out.close
             forwarded += out.to_server
             events += out.events
-        reply = backend.feed(forwarded)
-        for chunk in _chunks(reply, "random", rng):
-            out = engine.from_server(chunk)
-            assert not out.close
-            events += out.events
+        while forwarded:  # what the fence lets go goes to the backend in turn
+            reply = backend.feed(forwarded)
+            forwarded = b""
+            for chunk in _chunks(reply, "random", rng):
+                out = engine.from_server(chunk)
+                assert not out.close
+                forwarded += out.to_server
+                events += out.events
     assert all(n == 1 for n in backend.runs.values()), backend.runs
     outcomes = [e for e in events if isinstance(e, (StatementFinished, StatementFailed))]
     assert outcomes == backend.outcomes
     refused = [e for e in events if isinstance(e, StatementBlocked)]
-    assert all(e.verdict.rule == "grant-used" and e.text.startswith("truncate") for e in refused)
+    assert all(
+        e.verdict.rule == "grant-used" and e.text.startswith("truncate") or e.verdict.rule == "unknown-statement"
+        for e in refused
+    )
     assert not engine._fifo and not engine._tracked

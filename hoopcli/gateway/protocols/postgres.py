@@ -138,6 +138,7 @@ class PostgresEngine(ClientMixin, ServerMixin, GrantsMixin):
         "_seg_runs",
         "_fence",
         "_held",
+        "_up",
         "_seg_no",
         "_stmts",
         "_portals",
@@ -177,6 +178,7 @@ class PostgresEngine(ClientMixin, ServerMixin, GrantsMixin):
         self._seg_runs = False  # ... among them a Bind or Execute (code may have run)
         self._fence = False  # client messages wait for the server's ReadyForQuery (client.py)
         self._held: bytearray | None = None  # what the client sent behind the fence
+        self._up: list[bytes] = []  # ... and let go while a server chunk is read
         self._seg_no = 0  # segments forwarded while _granted is not empty (tells them apart)
         self._stmts: dict[bytes, str] = {}
         self._portals: dict[bytes, tuple[str, tuple[str | None, ...] | None]] = {}
@@ -220,10 +222,7 @@ class PostgresEngine(ClientMixin, ServerMixin, GrantsMixin):
         if type(data) is not bytes:
             data = bytes(data)
         try:
-            out = self._from_server(data)
-            if self._fence and not out.close:
-                return self._release_held(out)
-            return out
+            return self._from_server(data)
         except Exception as exc:
             return self._internal_error(exc, "server")
 

@@ -82,6 +82,15 @@ class ClientMixin:
 
     __slots__ = ()
 
+    def _fence_passes(self, t: int) -> bool:
+        """What may pass the fence: COPY data while the server reads it, and anything while the
+        server skips to a Sync the client has not sent yet (it reads none of it; the fence of a
+        Query inside a failed segment would otherwise wait for a ReadyForQuery that only comes
+        after that Sync)."""
+        if self._s_copy:
+            return t in _COPY_PASS
+        return self._skipping and _SYNC not in self._fifo
+
     def _hold(self, data: bytes) -> None:
         held = self._held
         if held is None:
@@ -264,7 +273,7 @@ class ClientMixin:
                 if ln < 4 or ln > _MAX_LEN:
                     raise _Broken(f"message length {ln} out of range")
                 end = i + 1 + ln
-                if self._fence and not (self._s_copy and t in _COPY_PASS):
+                if self._fence and not self._fence_passes(t):
                     self._hold(data[i:])
                     return n, fwd, i
                 if end > n:
@@ -372,7 +381,7 @@ class ClientMixin:
             exc.at = i
             raise
         if i < n:  # a few bytes of the next header
-            if self._fence and not (self._s_copy and data[i] in _COPY_PASS):
+            if self._fence and not self._fence_passes(data[i]):
                 self._hold(data[i:])
             else:
                 self._c_pend = bytearray(data[i:])

@@ -128,12 +128,16 @@ class ServerMixin:
                             fifo.popleft()  # the common case, inlined
                         else:
                             fwd = self._ready(data, i, end, fwd, parts, events)
+                        if self._fence:
+                            fwd = self._open_fence(data, end, fwd, parts, events)
                     elif t == 0x53:  # ParameterStatus
                         check_parameter_status(data, i, end)
                     else:  # ErrorResponse
                         fwd = self._error(data, i, end, fwd, parts, events)
                         if self._s_copy:
                             self._s_copy = self._c_copy = False
+                        if self._fence:
+                            fwd = self._open_fence(data, end, fwd, parts, events)
                 elif t == 0x54 or t == 0x6E:  # T RowDescription, n NoData
                     if fifo and fifo[0] == _DESCRIBE:
                         fifo.popleft()
@@ -162,6 +166,8 @@ class ServerMixin:
                             self._q_tag = EMPTY_TAG
                 elif t == 0x47:  # G CopyInResponse
                     self._copy_in_started()
+                    if self._fence:
+                        fwd = self._open_fence(data, end, fwd, parts, events)
                 elif t == 0x56:  # V FunctionCallResponse
                     if fifo and fifo[0] == _QUERY:
                         self._q_tag = FUNCTION_TAG
@@ -194,7 +200,12 @@ class ServerMixin:
             return Output(to_client=data, events=events)
         if fwd < run_end:
             parts.append(data[fwd:run_end])
-        return Output(to_client=b"".join(parts), events=events)
+        out = Output(to_client=b"".join(parts), events=events)
+        if self._up:  # client messages the fence let go in this chunk
+            out.to_server = b"".join(self._up)
+            self._up.clear()
+            out.close = self._closed
+        return out
 
     def _settle_switch(self, events: list[Event]) -> None:
         """The server reported an encoding switch the gateway refuses, before the
@@ -216,22 +227,26 @@ class ServerMixin:
                 return False
         return True
 
-    def _release_held(self, out: Output) -> Output:
-        """Feed what the client sent behind the fence, now that it may go (see client.py)."""
+    def _open_fence(self, data: bytes, pos: int, fwd: int, parts: list[bytes], events: list[Event]) -> int:
+        """Right after the message at data[:pos] (a ReadyForQuery, or a CopyInResponse): let
+        what the client sent behind the fence go on, if it may now (see client.py)."""
+        held = self._held
         if self._fence_answered():
             self._fence = False
-        elif not (self._s_copy and self._held and self._held[0] in b"dcfHS"):
-            return out
-        if self._held is None:
-            return out
-        held = bytes(self._held)
+        elif not held or not self._fence_passes(held[0]):
+            return fwd
+        if held is None:
+            return fwd
         self._held = None
-        more = self._from_client(held)
-        out.to_server = more.to_server
-        out.to_client += more.to_client
-        out.events += more.events
-        out.close = out.close or more.close
-        return out
+        if self._fifo and self._fifo[0] >= _SYNTH:  # answers queued before these messages go first
+            fwd = self._release(data, pos, fwd, parts)
+        more = self._from_client(bytes(held))
+        if fwd < pos:
+            parts.append(data[fwd:pos])
+        parts.append(more.to_client)
+        self._up.append(more.to_server)
+        events += more.events
+        return pos
 
     def _release(self, data: bytes, pos: int, fwd: int, parts: list[bytes]) -> int:
         """Send queued synthetic answers that have reached the head, right after pos."""
