@@ -4,15 +4,28 @@ The relay feeds every chunk it reads to `from_client` or `from_server` and forwa
 back. Nothing here touches a socket or awaits.
 
 What the engine does to the traffic
-- The server greeting (Handshake v10) is the one packet it rewrites: it clears the capability
-  bits it cannot follow, so the client never asks for them: CLIENT_SSL (the gateway terminates
-  TLS itself; a client that insists on TLS anyway is a ProtocolError), CLIENT_COMPRESS and
-  zstd compression, MySQL 8 query attributes and optional result-set metadata, and MariaDB's
-  COM_MULTI and metadata caching. Every other byte passes unchanged, and when nothing in a
-  chunk is withheld or rewritten the very same bytes object is handed back.
+- The server greeting (Handshake v10): the engine clears the capability bits it cannot
+  follow: CLIENT_SSL (the gateway terminates TLS itself), CLIENT_COMPRESS and zstd
+  compression, MySQL 8 query attributes (their COM_QUERY/COM_STMT_EXECUTE framing is not
+  implemented; MariaDB never offers them) and optional result-set metadata, and MariaDB's
+  COM_MULTI and metadata caching.
+- Capabilities are negotiated as a server does: the session uses what the client asked for
+  AND the (rewritten) greeting offered. A bit the client sets without the offer (libmysqlclient
+  8.x always sets CLIENT_QUERY_ATTRIBUTES) is cleared in the HandshakeResponse forwarded to the
+  server, and the engine reads the response with the same agreed bits, so the server, the
+  client's framing (which follows the greeting) and the engine read every packet alike. A
+  client asking for TLS (an SSLRequest) gets ERR 1235/08004 and the session ends.
 - The login (HandshakeResponse41, COM_CHANGE_USER) yields `SessionStarted(user, database)`.
+  Its collation id must be in charsets.SAFE_COLLATION_IDS (an allow-list of ASCII-safe
+  character sets); with `MySQLEngine(database="x")` its database must be empty or exactly
+  `x`. A refused login gets ERR 1115/42000 (character set) or 1044/42000 ("hoop: this
+  connection is pinned to database `x`") and the session ends (a ProtocolError event carries
+  the reason); a refused COM_CHANGE_USER gets the same ERR, is never forwarded, and the
+  session goes on as before. USE and COM_INIT_DB are the gate's to judge.
   Auth exchanges (auth switch, more data, caching_sha2, ed25519, native password) pass through
-  untouched and are never parsed or recorded, nor is LOAD DATA LOCAL file content.
+  untouched and are never parsed or recorded, nor is LOAD DATA LOCAL file content. Apart from
+  the greeting's and the response's capability words every byte passes unchanged, and when
+  nothing in a chunk is withheld or rewritten the very same bytes object is handed back.
 - Statements. Every one that changes something or names SQL is shown to the gate first and
   withheld until it answers allow:
     COM_QUERY          -> StatementStarted(text, "query")
@@ -41,9 +54,13 @@ What the engine does to the traffic
   -> "CURSOR"; several results of one command (SERVER_MORE_RESULTS_EXISTS: multi-statements,
   CALL) -> their tags joined by "; ". ERR -> StatementFailed(f"{errno}/{sqlstate}", message)
   (MariaDB progress reports, errno 0xFFFF, are not errors).
-- Refusals answer the client with an ERR packet (sequence id 1), so the session stays usable:
+- Refusals answer the client with an ERR packet whose sequence id follows the command's last
+  packet (1, or more for a command sent as several 16 MiB packets; mod 256), so the session
+  stays usable:
     deny -> 1227 / SQLSTATE 42000, hold -> 1227 / SQLSTATE HY000,
     refused protocol command -> 1235 / SQLSTATE 42000,
+    a withheld command larger than MAX_MESSAGE_BYTES -> 1227 / 42000 (rule "too-large"; it is
+    discarded as it arrives, never buffered whole, and its text is not recorded),
   message = the verdict's message (a default when empty), plus a `StatementBlocked` event. If
   earlier commands are still awaiting their answers (pipelining clients), the ERR is queued
   behind them. A gate that raises counts as deny (rule "gate-error").
@@ -53,8 +70,9 @@ What the engine does to the traffic
   they are None or the marker "<long data>".
 - Framing: 3-byte length + sequence id, chunks split anywhere, 16 MiB continuation packets.
   A message the engine has to hold whole (a statement awaiting the gate) may not grow past
-  MAX_MESSAGE_BYTES; row data is never buffered. Anything malformed yields ProtocolError and
-  close=True; no exception escapes `from_client` / `from_server`.
+  MAX_MESSAGE_BYTES (a client command over it is refused, anything else is a ProtocolError);
+  row data is never buffered. Anything malformed yields ProtocolError and close=True; no
+  exception escapes `from_client` / `from_server`.
 - Sequence ids: a client packet with id 0 starts a command; outside LOAD DATA LOCAL and the
   auth exchanges a client packet with another id is a ProtocolError (the server would refuse it
   as out of order, and letting it through unparsed would hide a statement from the gate).
