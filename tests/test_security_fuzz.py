@@ -242,6 +242,22 @@ def test_postgres_engine_random_streams_both_sides(prefix, login, steps, gated, 
         h.feed("s", PG_LOGIN)
     for direction, data, cuts in steps:
         h.feed_split(direction, data, cuts)
+    if gated:  # what the gate held never reached the server as a statement
+        assert not [m for m in pg_statements(bytes(h.to_server)) if b"drop" in m.lower()]
+
+
+def pg_statements(to_server: bytes) -> list[bytes]:
+    """The Query and Parse messages in what the engine forwarded (after the start-up packet)."""
+    if not to_server:
+        return []
+    i = struct.unpack_from("!I", to_server)[0]  # the StartupMessage has no type byte
+    found = []
+    while i + 5 <= len(to_server):
+        kind, ln = to_server[i : i + 1], struct.unpack_from("!I", to_server, i + 1)[0]
+        if kind in (b"Q", b"P"):
+            found.append(to_server[i + 5 : i + 1 + ln])
+        i += 1 + ln
+    return found
 
 
 PG_VALID_CLIENT = [pg_msg(b"Q", b"select 1\0"), pg_msg(b"P", b"\0select 2\0\0\0") + pg_msg(b"B", b"\0\0\0\0\0\0\0\0") + pg_msg(b"E", b"\0\0\0\0\0") + pg_msg(b"S")]
@@ -358,6 +374,32 @@ def test_mysql_engine_random_streams_both_sides(logged_in, steps, gated, record)
         h.feed("s", my_ok(2))
     for direction, data, cuts in steps:
         h.feed_split(direction, data, cuts)
+    if gated and logged_in:  # what the gate held never reached the server as a statement
+        assert not [c for c in my_commands(bytes(h.to_server)) if b"drop" in c.lower()]
+
+
+def my_commands(to_server: bytes) -> list[bytes]:
+    """COM_QUERY and COM_STMT_PREPARE packets (sequence id 0) in what the engine forwarded."""
+    found, i = [], 0
+    while i + 4 <= len(to_server):
+        ln, seq = int.from_bytes(to_server[i : i + 3], "little"), to_server[i + 3]
+        payload = to_server[i + 4 : i + 4 + ln]
+        if seq == 0 and payload[:1] in (b"\x03", b"\x16"):
+            found.append(payload)
+        i += 4 + ln
+    return found
+
+
+def test_the_forwarded_statement_checks_can_fail():
+    """The two parsers above find a forwarded DROP (so the fuzz assertions are not vacuous)."""
+    assert my_commands(my_login() + my_pkt(0, b"\x03DROP table t")) == [b"\x03DROP table t"]
+    assert pg_statements(pg_startup() + pg_msg(b"Q", b"drop table t\0")) == [b"drop table t\0"]
+    h = Harness(MySQLEngine(_gate))
+    h.feed("s", my_greeting())
+    h.feed("c", my_login())
+    h.feed("s", my_ok(2))
+    h.feed("c", my_pkt(0, b"\x03drop table t") + my_pkt(0, b"\x03select 1"))
+    assert my_commands(bytes(h.to_server)) == [b"\x03select 1"]
 
 
 def _bad_mysql(kind: int, n: int) -> tuple[str, bytes]:
