@@ -312,3 +312,27 @@ def test_an_unpinned_engine_lets_any_database_through(split):
     conv.server(greeting())
     conv.client(login_packet(db=b"mysql"))
     assert not conv.closed and conv.events == [SessionStarted("app_user", "mysql")]
+
+
+# ---- the auth exchange carries auth data only ------------------------------------------------------
+
+
+def test_a_packet_the_server_did_not_ask_for_during_auth_is_never_forwarded(split):
+    """A command with a non-zero id sent right behind the login would reach a server that has
+    already said OK as a command the gate never saw; only the answer to an auth request passes."""
+    conv = Conv(split)
+    conv.server(greeting())
+    conv.client(login_packet() + pkt(2, b"\x03DROP TABLE t"))
+    assert conv.closed and conv.to_server in (b"", login_packet())  # the session ends there
+    assert "during authentication" in conv.events[-1].reason
+
+
+def test_one_answer_per_auth_request(split):
+    conv = Conv(split)
+    conv.server(greeting())
+    conv.client(login_packet())
+    conv.server(pkt(2, b"\xfe" + b"mysql_native_password\0" + b"0123456789abcdefghij\0"))
+    conv.client(pkt(3, SECRET))
+    assert not conv.closed
+    conv.client(pkt(4, SECRET))  # a second packet the server did not ask for
+    assert conv.closed and conv.to_server == login_packet() + pkt(3, SECRET)

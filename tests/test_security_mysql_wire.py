@@ -127,3 +127,15 @@ def test_hand_made_packets_cannot_slip_a_statement_past_the_gate(gateway, alice_
     assert row_count(mysql_db, table) == 3
     held = statements(gateway, f"DROP TABLE app.{table}")
     assert len(held) == 2 and {r["outcome"] for r in held} == {"held"}
+
+
+def test_a_command_smuggled_into_the_auth_exchange_never_runs(gateway, alice_my, mysql_db):
+    """A COM_QUERY with id 2 in the same write as the login: the engine, still in the auth
+    phase, refuses it (MariaDB would also refuse it as out of order; the gateway does not rely
+    on that) and the table is still there."""
+    table = fresh_table(mysql_db, "auth")
+    checks = run_checks(alice_my, "auth-smuggle", f"app.{table}")
+    assert checks["auth-smuggle"]["answers"][-1] == "ConnectionError: closed"
+    assert row_count(mysql_db, table) == 3
+    ends = gateway.records(kind="session_end", sub="alice", connection="app-mysql")
+    assert any("during authentication" in (r["message"] or "") for r in ends)

@@ -10,6 +10,7 @@ Modes:
   charsets               PyMySQL logins in sjis/gbk/big5/cp932, a raw handshake in gbk
   raw TABLE              hand-made packets: COM_SET_OPTION + multi-statements, pipelining,
                          COM_MULTI, a client insisting on compression
+  auth-smuggle TABLE     a DROP sent with id 2 in the same write as the login
 """
 
 from __future__ import annotations
@@ -202,6 +203,29 @@ def raw(table: str) -> None:
     emit("compress", login=answer[:1] == b"\x00", answer=compress.response())
 
 
+def auth_smuggle(table: str) -> None:
+    """A command with a non-zero sequence id sent in the same write as the login: the engine
+    is still in the auth phase when it passes."""
+    c = RawClient()
+    _, greeting = c.read()
+    pos = greeting.index(b"\0", 1) + 1 + 4
+    scramble = greeting[pos : pos + 8]
+    pos += 8 + 1 + 2 + 1 + 2 + 2 + 1 + 10
+    scramble += greeting[pos : pos + 12]
+    token = _native_token(PASSWORD.encode(), scramble)
+    body = c.CAPS.to_bytes(4, "little") + (1 << 24).to_bytes(4, "little") + b"\x2d" + b"\0" * 23
+    body += USER.encode() + b"\0" + bytes((len(token),)) + token + DB.encode() + b"\0" + b"mysql_native_password\0"
+    c.send((1, body), (2, b"\x03" + f"DROP TABLE {table}".encode()))
+    answers = []
+    try:
+        for _ in range(3):
+            seq, answer = c.read()
+            answers.append([seq, answer[:1].hex(), answer[9:].decode(errors="replace")])
+    except (ConnectionError, OSError) as exc:
+        answers.append(error_text(exc))
+    emit("auth-smuggle", answers=answers)
+
+
 if __name__ == "__main__":
     mode, *args = sys.argv[1:]
-    {"clients": clients, "big": big, "charsets": charsets, "raw": raw}[mode](*args)
+    {"clients": clients, "big": big, "charsets": charsets, "raw": raw, "auth-smuggle": auth_smuggle}[mode](*args)

@@ -55,8 +55,12 @@ class ClientSide:
 
     def _client_keep(self, first: int, seq: int) -> tuple[int, bool]:
         mode = self._mode
-        if mode == _INFILE or (mode == _AUTH and seq != 0):
-            return 0, False  # file content, auth data: relayed, never read
+        if mode == _INFILE:
+            return 0, False  # file content: relayed, never read
+        if mode == _AUTH and seq != 0:
+            # Auth data, relayed unread, but only the one packet the server asked for: any
+            # other would reach a server that may already take it for a command.
+            return 0, seq != self._auth_seq
         if mode in (_GREETING, _LOGIN):
             return -1, True
         if seq != 0:
@@ -86,6 +90,9 @@ class ClientSide:
             return self._on_login(seq, payload)
         if seq != 0:
             if mode == _AUTH:
+                if seq != self._auth_seq:
+                    raise _Malformed(f"client packet out of sequence (id {seq}) during authentication")
+                self._auth_seq = -1
                 return None
             raise _Malformed(f"client packet out of sequence (id {seq}) where a command was due")
         if first < 0:

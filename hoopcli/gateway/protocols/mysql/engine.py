@@ -31,6 +31,7 @@ class MySQLEngine(FramedEngine, LoginPhase, ClientSide, ServerSide):
         self._client = _Stream("client")
         self._server = _Stream("server")
         self._mode = _GREETING
+        self._auth_seq = -1  # the id of the one auth packet the server awaits (-1: none)
         self._queue: deque[_Pending] = deque([_Pending("greeting")])
         self._server_caps = 0
         self._caps = 0  # negotiated (client response & server greeting)

@@ -97,6 +97,7 @@ class LoginPhase:
         self._caps = caps
         self._deprecate_eof = bool(caps & CLIENT_DEPRECATE_EOF)
         self._mode = _AUTH
+        self._auth_seq = -1
         self._queue.append(_Pending("auth"))
         self._events.append(SessionStarted(_text(user), _text(database)))
         forwarded = _with_caps(payload, caps)
@@ -139,6 +140,7 @@ class LoginPhase:
         self._stmts.clear()
         self._last_prepared = None
         self._mode = _AUTH
+        self._auth_seq = -1
         self._queue.append(_Pending("change_user"))
         self._events.append(SessionStarted(_text(user), _text(database)))
         return _FORWARD

@@ -74,6 +74,9 @@ class ServerSide:
             if first == 0x00 or first == 0xFF:
                 self._queue.popleft()
                 self._mode = _COMMAND
+                self._auth_seq = -1
+            else:  # auth switch, more data: the client may answer with one packet, the next id
+                self._auth_seq = (self._server.last_seq + 1) & 0xFF
             return None
         if first == 0xFF and len(payload) >= 3 and payload[1] == 0xFF and payload[2] == 0xFF:
             return None  # MariaDB progress report
