@@ -150,8 +150,10 @@ def test_client_encoding_that_could_fool_the_policy_is_refused(gateway, as_user,
     result = run_subprocess(["exec", "gated-db", "--", "psql", "-X", "-c", "select 1"], env)
     assert result.code != 0
     assert "client_encoding SJIS is not supported" in result.err
-    end = [r for r in gateway.records(kind="session_end", sub="alice", connection="gated-db") if "SJIS" in (r["message"] or "")]
-    assert end and end[-1]["outcome"] == "error"
+    # Refused in the StartupMessage, before the server switched: the attempt is on record.
+    refused = [r for r in gateway.records(kind="statement", sub="alice", connection="gated-db") if "SJIS" in (r["message"] or "")]
+    assert refused and refused[-1]["outcome"] == "denied"
+    assert refused[-1]["details"]["rule"] == "client-encoding"
 
 
 def test_record_false_keeps_only_session_records(gateway, alice):

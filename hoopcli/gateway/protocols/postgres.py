@@ -138,6 +138,7 @@ class PostgresEngine(ClientMixin, ServerMixin, GrantsMixin):
         "_seg_runs",
         "_fence",
         "_held",
+        "_held_at",
         "_up",
         "_seg_no",
         "_stmts",
@@ -178,6 +179,7 @@ class PostgresEngine(ClientMixin, ServerMixin, GrantsMixin):
         self._seg_runs = False  # ... among them a Bind or Execute (code may have run)
         self._fence = False  # client messages wait for the server's ReadyForQuery (client.py)
         self._held: bytearray | None = None  # what the client sent behind the fence
+        self._held_at = 0  # how far the held bytes are framed (client.py _check_held)
         self._up: list[bytes] = []  # ... and let go while a server chunk is read
         self._seg_no = 0  # segments forwarded while _granted is not empty (tells them apart)
         self._stmts: dict[bytes, str] = {}

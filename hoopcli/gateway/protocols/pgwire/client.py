@@ -95,12 +95,32 @@ class ClientMixin:
         held = self._held
         if held is None:
             held = self._held = bytearray()
+            self._held_at = 0
         if len(held) + len(data) > MAX_MESSAGE_BYTES:
             raise _Broken(
                 f"the client sent more than {MAX_MESSAGE_BYTES} bytes ahead of the server's answer "
                 "to a statement that is still running"
             )
         held += data
+        self._check_held(held)
+
+    def _check_held(self, held: bytearray) -> None:
+        """Frame what is held as it arrives, so a broken stream ends the session now and not
+        when the fence opens (the bodies are read when they are let go)."""
+        i, n = self._held_at, len(held)
+        while n - i >= 5:
+            t = held[i]
+            ln = _U32(held, i + 1)[0]
+            if t not in _CLIENT_TYPES:
+                raise _Broken(f"unknown frontend message type {t:#04x}")
+            if ln < 4 or ln > _MAX_LEN or (ln != 4 and t in b"SHXc"):
+                raise _Broken(f"a {chr(t)!r} message of length {ln} is malformed")
+            if ln + 1 > MAX_MESSAGE_BYTES and t not in b"dfpBF":
+                raise _Broken(
+                    f"a {chr(t)!r} message of {ln + 1} bytes is larger than the {MAX_MESSAGE_BYTES} bytes the gateway buffers"
+                )
+            i += 1 + ln
+        self._held_at = i
 
     def _abandon_held(self, reason: str) -> list[Event]:
         """The session ends with client messages still held: a record for each statement
@@ -128,7 +148,13 @@ class ClientMixin:
 
     def _from_client(self, data: bytes) -> Output:
         if self._held is not None and not self._c_skip:
-            self._hold(data)
+            try:
+                self._hold(data)
+            except _Broken as exc:
+                self._closed = True
+                events = self._abandon_held(str(exc))
+                events.append(ProtocolError(str(exc), "client"))
+                return Output(events=events, close=True)
             return Output()
         i = 0
         fwd = 0
@@ -165,6 +191,7 @@ class ClientMixin:
                 raise exc
         except _Broken as exc:
             self._closed = True
+            events += self._abandon_held(str(exc))
             if exc.protocol:
                 events.append(ProtocolError(str(exc), "client"))
             to_client.append(exc.answer)
