@@ -72,21 +72,34 @@ def test_routine_statements_pass_untouched(gateway, as_user, pg_server):
     assert result.code == 0 and result.out.strip() == "4"
 
 
+@pytest.fixture(scope="module")
+def victim(pg_server):
+    """A table app_user owns, with no foreign key pointing at it: every statement below would
+    really drop, truncate or empty it if the gateway forwarded it."""
+    pg_server.sql("CREATE TABLE IF NOT EXISTS gate_victim (id int)", dbname="app")
+    pg_server.sql("ALTER TABLE gate_victim OWNER TO app_user", dbname="app")
+    return "gate_victim"
+
+
 @pytest.mark.parametrize(
     "sql",
     [
-        "select 1; DROP TABLE customers",
-        "select 1 /* ; */ ; drop table customers",
-        "/* harmless */ TRUNCATE customers",
-        "WITH d AS (DELETE FROM customers RETURNING *) SELECT count(*) FROM d",
-        "delete from customers",
+        "select 1; DROP TABLE {t}",
+        "select 1 /* ; */ ; drop table {t}",
+        "/* harmless */ TRUNCATE {t}",
+        "WITH d AS (DELETE FROM {t} RETURNING *) SELECT count(*) FROM d",
+        "delete from {t}",
+        "delete from {t} where id = id",
     ],
 )
-def test_hidden_risky_statements_are_still_held(gateway, as_user, pg_server, sql):
+def test_hidden_risky_statements_are_still_held(gateway, as_user, pg_server, victim, sql):
+    pg_server.sql(f"TRUNCATE {victim}; INSERT INTO {victim} VALUES (1), (2), (3)", dbname="app")
+    owner = pg_server.sql(f"select tableowner from pg_tables where tablename = '{victim}'", dbname="app")[0][0]
+    assert owner == "app_user"  # so the role could do it: only the gateway stands in the way
     alice = as_user("alice", PGPASSWORD=pg_server.app_password)
-    result = _psql(alice, sql)
+    result = _psql(alice, sql.format(t=victim))
     assert result.code != 0 and "held for approval" in result.err, (sql, result)
-    assert pg_server.sql("select count(*) from customers", dbname="app")[0][0] == 3
+    assert pg_server.sql(f"select count(*) from {victim}", dbname="app")[0][0] == 3
 
 
 def test_copy_program_is_denied(gateway, as_user, pg_server):
@@ -105,13 +118,14 @@ def test_non_approver_cannot_approve(gateway, as_user, pg_server):
     assert json.loads(denied.out)["status"] == "denied"
 
 
-def test_self_approval_is_refused_even_for_an_approver(gateway, as_user, pg_server):
+def test_self_approval_is_refused_even_for_an_approver(gateway, as_user, pg_server, victim):
     carol = as_user("carol", PGPASSWORD=pg_server.app_password)  # in "approvers", allowed on gated-db
-    held = _psql(carol, "DROP TABLE orders")
+    held = _psql(carol, f"DROP TABLE {victim}")
     request_id = re.search(r"request ([0-9a-f]{8})", held.err).group(1)
     result = run_subprocess(["approvals", "approve", request_id], carol)
     assert result.code == 4 and "own" in result.err
-    assert _table_exists(pg_server, "orders")
+    assert _psql(carol, f"DROP TABLE {victim}").code != 0  # still held: no grant came of it
+    assert _table_exists(pg_server, victim)
 
 
 def test_new_requests_reach_the_approval_webhook(gateway, as_user, pg_server, approval_hook):
