@@ -329,7 +329,9 @@ def _decide(request_id: str, decision: str, reason: str, json_out: bool, sha256:
 def approvals_approve(
     request_id: str,
     reason: str = typer.Option("", "--reason"),
-    sha256: Optional[str] = typer.Option(None, "--sha256", help="Approve only if the statement's SHA-256 is this (for long statements read elsewhere)."),
+    sha256: Optional[str] = typer.Option(
+        None, "--sha256", help="The SHA-256 of the whole statement you read; required when the gateway keeps only its first 4 KiB."
+    ),
     json_out: bool = JsonOpt,
 ) -> None:
     """Approve a held statement: its requester may run it once within the window."""
