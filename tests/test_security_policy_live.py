@@ -108,6 +108,14 @@ def test_client_encoding_switch_in_a_pipeline_is_refused(gateway, as_user, pg_vi
     assert _rows(pg_victims, "select count(*) from merge_victim where id = 91")[0][0] == 0
 
 
+@pytest.mark.parametrize("connection", ["gated-db", "app-db"])  # with a policy and record-only: both pinned
+def test_postgres_pinned_database_refuses_another_one_at_startup(gateway, alice_pg, connection):
+    other = run_subprocess(["exec", connection, "--", "psql", "-X", "-A", "-t", "-d", "postgres", "-c", "select current_database()"], alice_pg)
+    assert other.code != 0 and "pinned to database" in other.err, other.err
+    own = _psql(alice_pg, "select current_database()", connection=connection)
+    assert own.code == 0 and own.out.strip() == "app", own.err
+
+
 # ---- MariaDB -----------------------------------------------------------------------------------
 
 

@@ -87,11 +87,11 @@ class Gateway:
         if conn.protocol == "postgres":
             from hoopcli.gateway.protocols.postgres import PostgresEngine
 
-            return PostgresEngine(gate=gate, record_params=self.settings.record_params)
+            return PostgresEngine(gate=gate, record_params=self.settings.record_params, database=conn.pinned_database)
         if conn.protocol == "mysql":
             from hoopcli.gateway.protocols.mysql import MySQLEngine
 
-            return MySQLEngine(gate=gate, record_params=self.settings.record_params)
+            return MySQLEngine(gate=gate, record_params=self.settings.record_params, database=conn.pinned_database)
         from hoopcli.gateway.protocols.tcp import TcpEngine
 
         return TcpEngine()
@@ -101,12 +101,19 @@ class Gateway:
         connection with a policy also passes its rules."""
         writer = self.writer
         policy = self.policies.get(conn.name)
+        dialect = "mysql" if conn.protocol == "mysql" else "postgres"
         if policy is None:
-            return lambda text: verdict_allow if writer.healthy else AUDIT_DOWN
+            from hoopcli.gateway.policy import database_pin
+
+            pinned = database_pin(conn.pinned_database, dialect)
+            if pinned is None:
+                return lambda text: verdict_allow if writer.healthy else AUDIT_DOWN
+            return lambda text: (pinned(text) or verdict_allow) if writer.healthy else AUDIT_DOWN
         from hoopcli.gateway.policy import make_gate
 
-        dialect = "mysql" if conn.protocol == "mysql" else "postgres"
-        policy_gate = make_gate(policy, self.approvals, (identity.sub, identity.groups), conn.name, dialect)
+        policy_gate = make_gate(
+            policy, self.approvals, (identity.sub, identity.groups), conn.name, dialect, database=conn.pinned_database
+        )
         return lambda text: policy_gate(text) if writer.healthy else AUDIT_DOWN
 
     def _approval_requested(self, request) -> None:
