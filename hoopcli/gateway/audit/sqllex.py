@@ -30,12 +30,14 @@ class Mode(NamedTuple):
     dquote_string: bool = False  # MySQL without ANSI_QUOTES: "…" is a string
 
 
-def modes(text: str) -> list[Mode]:
-    """The readings of `text` that can place token boundaries differently: without a backslash
-    or a double quote in the text, the modes that differ only in those are the same reading."""
+def modes(text: str, dialect: str | None = None) -> list[Mode]:
+    """The readings of `text` that can place token boundaries differently (only those of one
+    dialect, "postgres" or "mysql", when it is known): without a backslash or a double quote in
+    the text, the modes that differ only in those are the same reading."""
     backslash = (False, True) if "\\" in text else (False,)
     dquote = (False, True) if '"' in text else (True,)
-    return [Mode("pg", b) for b in backslash] + [Mode("my", b, d) for b in backslash for d in dquote]
+    pg = [Mode("pg", b) for b in backslash] if dialect != "mysql" else []
+    return pg + ([Mode("my", b, d) for b in backslash for d in dquote] if dialect != "postgres" else [])
 
 
 # Bodies of quoted text, possessive (`*+`) so that an unterminated literal never backtracks.
@@ -44,6 +46,9 @@ def _quoted(q: str, backslash: bool) -> str:
     return rf"{q}{body}(?:{q}|\Z)"
 
 
+# Between the parts of a string continued on the next line: space holding a newline, comments
+# allowed. An E'…' string's continuation keeps its escapes, so it is read as one token.
+_PG_CONTINUATION = r"[ \t\f]*+(?:--[^\n\r]*+)?[\r\n](?:\s++|--[^\n\r]*+)*+"
 _PG_IDENT = r"[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*"
 
 
@@ -53,7 +58,7 @@ def _pg_pattern(backslash: bool) -> str:
         (?P<w>(?![EeNnBbXx]')(?![Uu]&['"]){_PG_IDENT})
       | (?P<c>--[^\n\r]*+)
       | (?P<cb>/\*)
-      | (?P<s>[Ee]{_quoted("'", True)} | [Uu]&{_quoted("'", False)} | [BbXx]'[^']*+(?:'|\Z) | [Nn]?{plain})
+      | (?P<s>[Ee]{_quoted("'", True)}(?:{_PG_CONTINUATION}{_quoted("'", True)})*+ | [Uu]&{_quoted("'", False)} | [BbXx]'[^']*+(?:'|\Z) | [Nn]?{plain})
       | (?P<q>(?:[Uu]&)?{_quoted('"', False)})
       | (?P<d>\$(?:[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_\x80-\U0010ffff]*+)?\$)
       | (?P<n>\.?[0-9][0-9A-Za-z_.]*+)
@@ -117,6 +122,8 @@ def tokenize(text: str, mode: Mode) -> list[tuple]:
                 append((NUMBER, start, end, None))
             elif kind == "q":
                 append((QUOTED, start, end, quoted_identifier(text, start, end)))
+            elif kind == "c":
+                continue
             elif kind == "x":
                 executable = True
             elif kind == "xe":
@@ -124,7 +131,7 @@ def tokenize(text: str, mode: Mode) -> list[tuple]:
                     append((PUNCT, start, start + 1, "*"))
                     append((PUNCT, start + 1, end, "/"))
                 executable = False
-            else:  # PostgreSQL's $tag$…$tag$ and nested /* */ end where a regex cannot tell
+            else:  # "d", "cb": PostgreSQL's $tag$…$tag$ and nested /* */ end where a regex cannot tell
                 pos = _dollar_end(text, m.group(kind), end) if kind == "d" else _pg_comment_end(text, end)
                 if kind == "d":
                     append((LITERAL, start, pos, None))
