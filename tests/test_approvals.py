@@ -439,3 +439,18 @@ def test_gateway_settings_read_the_approval_caps():
     for bad in (0, -1, "64MiB", True, 1.5):
         with pytest.raises(ValueError, match="gateway.approvals.max_pending_bytes must be a positive whole number"):
             settings_from_dict({"gateway": {"approvals": {"max_pending_bytes": bad}}, "issuers": issuers})
+
+
+def test_the_gateway_builds_its_approval_book_with_the_configured_caps(tmp_path):
+    from hoopcli.gateway.app import Gateway
+    from hoopcli.gateway.audit import open_store
+    from hoopcli.gateway.settings import settings_from_dict
+
+    issuers = [{"issuer": "https://idp.example.com", "audiences": ["hoop-cli"]}]
+    settings = settings_from_dict({"gateway": {"approvals": {"max_pending": 7, "max_pending_bytes": 1024}}, "issuers": issuers})
+    with open_store(str(tmp_path / "audit.db")) as store:
+        gw = Gateway(settings, store=store)
+        try:
+            assert (gw.approvals.max_pending_per_sub, gw.approvals.max_pending_bytes) == (7, 1024)
+        finally:
+            gw.writer.close()

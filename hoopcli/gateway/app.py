@@ -44,6 +44,8 @@ class Gateway:
         self.approvals = ApprovalBook(
             settings.approver_groups,
             grant_window=settings.approval_window_seconds,
+            max_pending_per_sub=settings.approval_max_pending,
+            max_pending_bytes=settings.approval_max_pending_bytes,
             on_request=self._approval_requested,
             on_decision=self._approval_decided,
         )
@@ -125,7 +127,13 @@ class Gateway:
                 "connection": request.connection,
                 "statement": request.statement,
                 "outcome": "pending",
-                "details": {"request_id": request.id, "categories": list(request.categories)},
+                "details": {
+                    "request_id": request.id,
+                    "categories": list(request.categories),
+                    "statement_sha256": request.statement_sha256,
+                    "statement_bytes": request.statement_bytes,
+                    "truncated": request.truncated,
+                },
             }
         )
         if self.approval_hook is not None:
