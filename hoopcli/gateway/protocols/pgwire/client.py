@@ -266,6 +266,8 @@ class ClientMixin:
         if len(fields) < 2 or fields[-1] != b"" or fields[-2] != b"":
             raise _Broken("malformed StartupMessage")
         pairs = [(_text(fields[k]), _text(fields[k + 1])) for k in range(0, len(fields) - 2, 2)]
+        if any(not name for name, _ in pairs):  # the server reads an empty name as the end
+            raise _Broken("malformed StartupMessage")
         startup = read_startup(pairs, self._pinned)
         if not startup.user:
             raise _Broken("the StartupMessage names no user")
