@@ -76,6 +76,8 @@ What the engine does to the traffic
 - Sequence ids: a client packet with id 0 starts a command; outside LOAD DATA LOCAL and the
   auth exchanges a client packet with another id is a ProtocolError (the server would refuse it
   as out of order, and letting it through unparsed would hide a statement from the gate).
+  During authentication only the one packet the server asked for (the id after its auth
+  switch / more-data packet) passes unread; any other ends the session before it is forwarded.
 
 Modules, by phase: framing.py (the byte loop), login.py (greeting, HandshakeResponse,
 COM_CHANGE_USER), commands.py (client commands and the gate), results.py (server answers),

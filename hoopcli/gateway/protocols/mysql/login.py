@@ -19,6 +19,7 @@ from .constants import (
     ERRNO_DB_ACCESS_DENIED,
     ERRNO_UNKNOWN_CHARSET,
     ERRNO_UNSUPPORTED,
+    MAX_PACKET,
     SQLSTATE_DENY,
     STRIPPED_CAPABILITIES,
 )
@@ -78,6 +79,8 @@ class LoginPhase:
         the client's own framing (which follows the greeting) and the engine agree."""
         if len(payload) < 4:
             raise _Malformed("truncated handshake response")
+        if len(payload) >= MAX_PACKET:  # a few hundred bytes in practice; rewritten as one packet
+            raise _Malformed("handshake response larger than one packet")
         asked = int.from_bytes(payload[0:4], "little")
         if not asked & CLIENT_PROTOCOL_41:
             raise _Malformed("pre-4.1 handshake responses are not supported")
