@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import urlsplit
 
-from hoopcli.auth.http import proxy_for_host, require_single_line, tls_context
+from hoopcli.auth.http import proxy_for_host, proxy_refused, proxy_unreachable, require_single_line, tls_context
 from hoopcli.errors import ConfigError, Unreachable
 from hoopcli.netutil import LOOPBACK_HOSTS, new_event_loop, set_nodelay
 
@@ -194,12 +194,20 @@ class Tunnel:
         if self.proxy is None:
             _, leg = await loop.create_connection(_HeadThenRelay, g.host, g.port, ssl=self.tls, server_hostname=g.host if self.tls else None)
             return leg
-        _, via = await loop.create_connection(_HeadThenRelay, *self.proxy)
-        via.transport.write(f"CONNECT {g.host}:{g.port} HTTP/1.1\r\nHost: {g.host}:{g.port}\r\n\r\n".encode())
-        status, reason, _ = parse_status(await via.head)
+        target = f"{g.host}:{g.port}"
+        try:
+            _, via = await loop.create_connection(_HeadThenRelay, *self.proxy)
+        except OSError as exc:
+            raise proxy_unreachable(self.proxy, f"gateway at {target}", exc.strerror or type(exc).__name__) from None
+        via.transport.write(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        try:
+            status, reason, _ = parse_status(await via.head)
+        except GatewayRefused:  # closed, or not HTTP: the proxy's doing, not the gateway's
+            via.transport.close()
+            raise proxy_unreachable(self.proxy, f"gateway at {target}", "no HTTP answer to the CONNECT") from None
         if status != 200:
             via.transport.close()
-            raise GatewayRefused(502, f"the forward proxy {self.proxy[0]}:{self.proxy[1]} refused: {status} {reason}")
+            raise proxy_refused(self.proxy, target, f"{status} {reason}")
         if self.tls is None:
             return via
         leg = _HeadThenRelay()

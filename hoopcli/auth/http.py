@@ -136,6 +136,8 @@ def fetch(method: str, url: str, *, what: str, ca_file: str = "", headers: dict 
         resp = conn.getresponse()
         return Response(resp.status, resp.reason, resp.read())
     except (OSError, http.client.HTTPException) as exc:
+        if proxy is not None:
+            raise _through_proxy_failure(exc, proxy, f"{host}:{port}", url, what) from None
         raise describe_failure(exc, url, what) from None
     finally:
         conn.close()
@@ -169,6 +171,37 @@ def describe_failure(exc: Exception, url: str, what: str) -> Unreachable:
     if _is_timeout(exc):
         return Unreachable(f"the {what} at {host} did not answer in time", "Check the network and try again.")
     return Unreachable(f"cannot reach the {what} at {host}", "Check the URL in `hoop config show` and that the service is up.")
+
+
+PROXY_HINT = "Check HTTPS_PROXY and NO_PROXY, or ask for the gateway's host and port on the proxy's allow list."
+
+
+def proxy_refused(proxy: tuple[str, int], target: str, status_line: str) -> Unreachable:
+    """The forward proxy answered the CONNECT with something else than 200. Named by host:port
+    only: HTTPS_PROXY may carry credentials. The status line is the proxy's: printable, short."""
+    line = "".join(c if c.isprintable() else "?" for c in status_line.strip())[:200]
+    hint = PROXY_HINT
+    if line.startswith("407"):
+        hint = "The proxy asks for credentials, which hoop does not send: exempt the gateway with NO_PROXY, or have the proxy let it through."
+    return Unreachable(f"the proxy {proxy[0]}:{proxy[1]} refused the CONNECT to {target}: {line}", hint)
+
+
+def proxy_unreachable(proxy: tuple[str, int], target: str, why: str) -> Unreachable:
+    return Unreachable(f"cannot reach the {target} through the proxy {proxy[0]}:{proxy[1]} ({why})",
+                       "Check HTTPS_PROXY and NO_PROXY, and that the proxy is up.")
+
+
+def _through_proxy_failure(exc: Exception, proxy: tuple[str, int], target: str, url: str, what: str) -> Unreachable:
+    """A request through the forward proxy failed: say whether the proxy refused the CONNECT
+    (http.client reports it as OSError("Tunnel connection failed: 403 Forbidden"))."""
+    import re
+
+    refused = re.match(r"Tunnel connection failed: (.*)", str(exc), re.DOTALL)
+    if refused:
+        return proxy_refused(proxy, target, refused.group(1))
+    if _is_tls_failure(exc) or _is_timeout(exc):
+        return describe_failure(exc, url, what)
+    return proxy_unreachable(proxy, f"{what} at {target}", getattr(exc, "strerror", None) or type(exc).__name__)
 
 
 def _is_tls_failure(exc: Exception) -> bool:
