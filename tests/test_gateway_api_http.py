@@ -234,7 +234,7 @@ def test_https_proxy_is_asked_to_connect_and_no_proxy_bypasses_it(tls_server, de
     port = tls_server.server_address[1]
     monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.port}")
     api = GatewayAPI(_url(tls_server, "https"), "secret-bearer", dev_tls[0]["ca"])
-    with pytest.raises(Unreachable, match=f"cannot reach the gateway at 127.0.0.1:{port}"):
+    with pytest.raises(Unreachable, match=f"the proxy 127.0.0.1:{proxy.port} refused the CONNECT to 127.0.0.1:{port}: 403"):
         api.connections()
     assert [line.rsplit(" ", 1)[0] for line in proxy.lines] == [f"CONNECT 127.0.0.1:{port}"]
     assert tls_server.seen == []
