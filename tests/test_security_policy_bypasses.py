@@ -466,3 +466,26 @@ def test_switching_off_the_servers_own_safety_is_held(sql, dialect):
                                           ("SET SESSION sql_mode = 'ANSI'", MY), ("SET @sql_log_bin = 0", MY)])
 def test_ordinary_session_settings_pass(sql, dialect):
     assert decide(sql, dialect) == "allow", classify(sql, dialect)
+
+
+# ---- 10. access, replication and the database's own record ---------------------------------
+
+@pytest.mark.parametrize(
+    "sql, dialect",
+    [
+        ("CREATE ROLE helper IN ROLE pg_read_server_files", PG), ("CREATE USER backdoor PASSWORD 'x'", PG),
+        ("CREATE POLICY open_all ON customers USING (true)", PG), ("CREATE PUBLICATION leak FOR ALL TABLES", PG),
+        ("CREATE SUBSCRIPTION pull CONNECTION 'host=evil' PUBLICATION p", PG),
+        ("SELECT pg_stat_statements_reset()", PG), ("SELECT pg_stat_reset()", PG),
+        ("CREATE USER backdoor IDENTIFIED BY 'x'", MY), ("CREATE ROLE r", MY), ("SET DEFAULT ROLE admin FOR app_user", MY),
+        ("DELETE FROM t WHERE id = ANY(ARRAY(SELECT id FROM t))", PG),
+        ("DELETE FROM t WHERE id = ANY((SELECT array_agg(id) FROM t)::int[])", PG),
+    ],
+)
+def test_access_replication_and_the_servers_record_are_held(sql, dialect):
+    assert decide(sql, dialect) == "require_approval", classify(sql, dialect)
+
+
+def test_a_scalar_subquery_is_one_value():
+    assert decide("DELETE FROM t WHERE id = (SELECT max(id) FROM t)", PG) == "allow"
+    assert decide("DELETE FROM t WHERE id = ANY(ARRAY(SELECT id FROM u WHERE u.x = 1))", PG) == "allow"

@@ -49,6 +49,8 @@ def create_categories(words: list[str]) -> set[str]:
         cats.add("drop")  # MariaDB drops the old object first: replacing is dropping
         rest = rest[2:]
     kind = next((w for w in rest[:12] if w in _OBJECT_KINDS), "")
+    if words[0] == "CREATE" and kind in ("USER", "ROLE"):
+        cats.add("grant")  # a login outside the IdP, or a bundle of privileges
     if kind in _ROUTINE_KINDS:
         cats.add("routine")
         if "SONAME" in words:
@@ -161,6 +163,8 @@ def set_statement(canonical: str, classify_text: Callable[[str], Iterable[tuple[
     cats: set[str] = {"set"}
     note = ""
     body = tokens[1:]
+    if [_name(t) for t in body[:2]] == ["DEFAULT", "ROLE"]:
+        cats.add("grant")  # SET DEFAULT ROLE r FOR u: what u's next sessions may do
     if body and _name(body[0]) == "STATEMENT":  # SET STATEMENT a = 1 [, …] FOR <statement>
         depth, cut = 0, None
         for k in range(2, len(tokens)):

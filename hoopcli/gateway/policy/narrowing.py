@@ -41,6 +41,23 @@ def _pg_columns(node: Any) -> bool:
     return False
 
 
+def _pg_set_sublinks(node: Any, every: bool = False) -> list[dict]:
+    """Subqueries under `node` that yield a set of values (`ARRAY(SELECT …)`, `ANY (SELECT …)`;
+    with `every`, scalar ones too): `id = ANY(ARRAY(SELECT id FROM t))` is every row. Elsewhere
+    a scalar subquery is one value."""
+    found, stack = [], [node]
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, dict):
+            sub = obj.get("SubLink")
+            if isinstance(sub, dict) and (every or sub.get("subLinkType") != "EXPR_SUBLINK"):
+                found.append(sub)
+            stack.extend(v for v in obj.values() if isinstance(v, (dict, list)))
+        elif isinstance(obj, list):
+            stack.extend(obj)
+    return found
+
+
 def _pg_subquery_narrows(subselect: Any) -> bool:
     select = (subselect or {}).get("SelectStmt") if isinstance(subselect, dict) else None
     if not isinstance(select, dict):
@@ -77,7 +94,12 @@ def pg_narrows(where: Any) -> bool:
         return node.get("nulltesttype") == "IS_NULL" and _pg_columns(node.get("arg"))
     if kind == "A_Expr":
         left, right = _pg_columns(node.get("lexpr")), _pg_columns(node.get("rexpr"))
-        return left != right  # exactly one side is about the row: a column against a value
+        if left == right:
+            return False  # no column, or a column against a column
+        value = node.get("rexpr") if left else node.get("lexpr")
+        # `= ANY (array)`: even a scalar subquery there yields a set (`array_agg(id)`)
+        every = node.get("kind") in ("AEXPR_OP_ANY", "AEXPR_OP_ALL")
+        return all(_pg_subquery_narrows(sub.get("subselect")) for sub in _pg_set_sublinks(value, every))
     if kind == "SubLink":
         if node.get("subLinkType") == "EXPR_SUBLINK":  # WHERE (SELECT …): a value
             return False

@@ -48,6 +48,12 @@ _PG_TOP: dict[str, tuple[str, ...]] = {
     "CompositeTypeStmt": ("create",),
     "CreatedbStmt": ("create",),
     "ImportForeignSchemaStmt": ("create",),
+    # Who may do what: a new role (a login outside the IdP, memberships), a row-level policy.
+    "CreateRoleStmt": ("create", "grant"),
+    "CreatePolicyStmt": ("create", "grant"),
+    # Data leaving for, or arriving from, another server.
+    "CreatePublicationStmt": ("create", "admin"),
+    "CreateSubscriptionStmt": ("create", "admin"),
     "CopyStmt": ("copy",),
     "VariableSetStmt": ("set",),
     "DiscardStmt": ("set",),

@@ -65,6 +65,9 @@ _RISKY_FUNCTIONS: dict[str, tuple[str, ...]] = {
         ("admin",),
     ),
     "lo_unlink": ("drop",),
+    # pg_stat_statements and the statistics views are a record of what ran
+    **dict.fromkeys(("pg_stat_statements_reset", "pg_stat_reset", "pg_stat_reset_shared",
+                     "pg_stat_reset_single_table_counters", "pg_stat_reset_slru"), ("safety_off",)),
 }
 
 # Encodings whose every byte of a multibyte character is >= 0x80 (or that have none), named as

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Hashable, Iterable, Mapping
 
 from .categories import ACTIONS, CACHE_MAX_SQL, CATEGORIES, Dialect, PolicyAction, StatementClass, _SEVERITY, _part
 from .classifier import _decide_parts
@@ -14,13 +14,15 @@ class Rule:
     match: frozenset[str]
     action: PolicyAction
     groups: frozenset[str] = frozenset()
-    subjects: frozenset[str] = frozenset()
+    # Who, as the gateway passes identities: (issuer, sub) principals; plain names in unit use.
+    subjects: frozenset[Hashable] = frozenset()
 
-    def applies_to(self, sub: str, groups: Iterable[str]) -> bool:
-        """A rule without groups or subjects applies to everyone; otherwise to either list."""
+    def applies_to(self, who: Hashable, groups: Iterable[str]) -> bool:
+        """A rule without groups or subjects applies to everyone; otherwise to either list.
+        `who` is compared whole: alice of one issuer is not alice of another."""
         if not self.groups and not self.subjects:
             return True
-        return sub in self.subjects or not self.groups.isdisjoint(groups)
+        return who in self.subjects or not self.groups.isdisjoint(groups)
 
 
 MAX_JUDGED_CHARS = 256 * 1024  # ~0.1 s of pglast; larger statements are not parsed on the relay
@@ -78,6 +80,16 @@ def _str_list(value: Any, where: str, *, known: frozenset[str] | None = None) ->
     return frozenset(value)
 
 
+def _subjects(value: Any, where: str, subject: Callable[[str], Hashable] | None) -> frozenset[Hashable]:
+    names = _str_list(value, where)
+    if subject is None:
+        return names
+    try:
+        return frozenset(subject(name) for name in names)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
 def _action(value: Any, where: str) -> PolicyAction:
     if value not in ACTIONS:
         raise ValueError(f"{where}: expected one of {', '.join(ACTIONS)}, got {value!r}")
@@ -115,8 +127,17 @@ class Policy:
         object.__setattr__(self, "_memo", {})
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any] | str | None, where: str = "policy") -> Policy:
-        """Build from a gateway.toml table (or the string "default"); ValueError names the bad field."""
+    def from_config(
+        cls,
+        config: Mapping[str, Any] | str | None,
+        where: str = "policy",
+        *,
+        subject: Callable[[str], Hashable] | None = None,
+    ) -> Policy:
+        """Build from a gateway.toml table (or the string "default"); ValueError names the bad field.
+
+        subject: turns a rule's `subjects` entry into what `decide` is given as the identity
+        (the gateway: identity.parse_principal, so a bare name is the first issuer's)."""
         if config is None or config == "default":
             return cls(DEFAULT_RULES)
         if isinstance(config, str):
@@ -153,7 +174,7 @@ class Policy:
                     match,
                     _action(raw["action"], f"{at}.action"),
                     _str_list(raw.get("groups", []), f"{at}.groups"),
-                    _str_list(raw.get("subjects", []), f"{at}.subjects"),
+                    _subjects(raw.get("subjects", []), f"{at}.subjects", subject),
                 )
             )
         return cls(DEFAULT_RULES if raw_rules is None else tuple(rules), default, unparseable)
