@@ -56,12 +56,12 @@ class EngineRelay:
                     if not data:
                         return
                     out = engine.from_client(data) if key.data == "c" else engine.from_server(data)
+                    self.events += out.events  # before the client can see what follows from them
                     if out.to_server:
                         self.bytes_up[slot] += len(out.to_server)
                         server.sendall(out.to_server)
                     if out.to_client:
                         client.sendall(out.to_client)
-                    self.events += out.events
                     if out.close:
                         return
         except OSError:

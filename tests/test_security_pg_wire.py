@@ -277,3 +277,17 @@ def test_session_started_names_the_database_asked_for_even_when_refused():
     assert out.events[0] == SessionStarted("u", "other")
     fields = error_fields(out.to_client[5:])
     assert fields["S"] == "FATAL" and fields["C"] == DENY_SQLSTATE  # as PostgreSQL's own "permission denied for database"
+
+
+@pytest.mark.parametrize("garbage", [b"\0\0\0\0\0", b"\xff\0\0\0\x04", msg(b"S", b"x")])
+def test_a_refused_statement_followed_by_garbage_in_the_same_write_never_reaches_the_server(garbage):
+    """The refusal withheld the statement; the broken bytes after it must not undo that (the
+    relay writes what the engine passed on, then closes: the server would still run it)."""
+    def deny_drop(text: str) -> Verdict:
+        return Verdict("deny") if "drop" in text else ALLOW
+
+    for refused in (Q("drop table t"), msg(b"P", b"\0drop table t\0\0\0")):
+        engine = _logged_in(deny_drop)
+        out = engine.from_client(refused + garbage)
+        assert out.close and b"drop" not in out.to_server
+        assert any(isinstance(e, StatementBlocked) for e in out.events)

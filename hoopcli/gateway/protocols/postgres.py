@@ -68,12 +68,30 @@ Rules (each one is tested in tests/test_protocol_postgres.py):
 * Password / SASL messages ('p') are streamed through and never looked at.
 * Startup: SSLRequest and GSSENCRequest are answered "N" by the engine and not forwarded;
   CancelRequest is forwarded and ends the client stream; a StartupMessage (protocol 3.x)
-  gives `SessionStarted(user, database or user)`.
+  gives `SessionStarted(user, database or user)` and is checked before it is forwarded
+  (pgwire/startup.py): another database than `database=` (pinning, 42501), replication,
+  `_pq_.*`, `options` switches other than -c, and a client_encoding off the allow-list are
+  refused with a FATAL ErrorResponse and a `StatementBlocked`; every other setting is judged
+  by the gate as `SET name TO 'value'` and recorded as a statement of kind "startup".
+* The encoding fence (pgwire/client.py): after forwarding a Query, a FunctionCall, or the Sync
+  of a segment with a Bind or Execute, the engine holds what the client sends next until the
+  server's ReadyForQuery for it (COPY data passes while the server reads it; anything passes
+  while the server skips to a Sync not yet sent). A ParameterStatus client_encoding off the
+  allow-list (pgwire/encodings.py) ends the session at once: the statement that switched is
+  recorded as it ended (it ran), held statements as `StatementBlocked` rule "session-ended",
+  and nothing more reaches the server. Inside one segment, a Parse or Query after a Bind or
+  Execute is refused (rule "encoding-unknown") unless its text reads the same in every refused
+  encoding.
+* A Bind of a statement name the engine never saw a Parse for (SQL PREPARE, a routine) is
+  refused like a blocked Parse (rule "unknown-statement"): the gate never judged its text.
 * A message the engine must buffer (Q, P, E, C, D, ErrorResponse, ...) declaring more than
   MAX_MESSAGE_BYTES, a length below 4, an unknown message type or startup code all give a
   `ProtocolError` and close=True; no exception leaves the engine.
 
-Known limits: statement text is decoded as UTF-8 whatever client_encoding says; a COPY FROM
+Known limits: statement text is decoded as UTF-8 whatever client_encoding says (only
+encodings whose ASCII bytes are always ASCII are allowed, so the lexical structure matches);
+SQL `DEALLOCATE s` then `PREPARE s AS …` re-defines a name the engine knows from a Parse
+without it noticing (the PREPARE itself is judged by the gate); a COPY FROM
 STDIN that fails at the server while the client is still sending may leave the client's
 trailing Sync unattributed (outcomes then resynchronise at the next ReadyForQuery). An SQL
 `EXECUTE name` of a protocol-level prepared statement is judged by the gate as that text;

@@ -195,6 +195,8 @@ class ClientMixin:
             if exc.protocol:
                 events.append(ProtocolError(str(exc), "client"))
             to_client.append(exc.answer)
+            if exc.fwd > fwd:
+                fwd = exc.fwd
             run_end = exc.at
             if run_end < fwd:
                 run_end = fwd
@@ -256,6 +258,7 @@ class ClientMixin:
                 i = end
         except _Broken as exc:
             exc.at = i
+            exc.fwd = fwd  # a refused message before it must stay withheld
             raise
         return i, fwd, n
 
@@ -408,6 +411,7 @@ class ClientMixin:
                 i = end
         except _Broken as exc:
             exc.at = i
+            exc.fwd = fwd  # a refused message before it must stay withheld
             raise
         if i < n:  # a few bytes of the next header
             if self._fence and not self._fence_passes(data[i]):

@@ -71,6 +71,7 @@ class _Broken(Exception):
     """
 
     at = 0
+    fwd = 0  # how far the chunk was already passed on or withheld when it broke
     answer = b""
     protocol = True  # False: a refusal on purpose (recorded by the caller), not a broken stream
 
