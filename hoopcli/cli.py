@@ -407,6 +407,62 @@ def audit_export(
 # ---- hoop dev -----------------------------------------------------------------------------
 
 
+policy_app = typer.Typer(help="Read and test statement policies before they bite (policy as code).", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
+
+
+@policy_app.command("explain")
+def policy_explain(
+    sql: str = typer.Argument(..., help="The statement (string) to judge."),
+    connection: Optional[str] = typer.Option(None, "--connection", "-c", help="A connection of --config."),
+    config: Optional[str] = typer.Option(None, "--config", help="The gateway.toml that defines the connection."),
+    dialect: Optional[str] = typer.Option(None, "--dialect", help="postgres or mysql, judged by the default policy (without --connection)."),
+    subject: str = typer.Option("someone", "--as", help="The subject the statement runs as."),
+    groups: str = typer.Option("", "--groups", help="Comma-separated groups of that subject."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """What the gateway would do with a statement, the categories of each part, and the rule that decides."""
+    from hoopcli.output import emit_json, info
+    from hoopcli.policy_as_code import explain_statement
+
+    result = explain_statement(sql, connection, config, dialect, subject, [g for g in groups.split(",") if g])
+    if json_out:
+        emit_json(result)
+        return
+    info(f"{result['action']}  ({result['reason']})")
+    for part in result["parts"]:
+        info(f"  part: {part['text'][:100]}")
+        for category, verdict in part["verdicts"].items():
+            rule = "default" if verdict["rule"] is None else f"rule {verdict['rule']}"
+            info(f"    {category:<22} {verdict['action']:<17} {rule}")
+        if part["note"]:
+            info(f"    note: {part['note']}")
+
+
+@policy_app.command("test")
+def policy_test(
+    files: List[str] = typer.Argument(..., help="Policy test files (TOML, [[case]] tables)."),
+    config: Optional[str] = typer.Option(None, "--config", help="The gateway.toml the cases' connections refer to (overrides config = in the file)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Run policy test files: every case's statement judged as the gateway would; exit 1 on a mismatch."""
+    from hoopcli.output import emit_json, info
+    from hoopcli.policy_as_code import run_test_files
+
+    results = run_test_files(files, config)
+    failed = [r for r in results if not r["ok"]]
+    if json_out:
+        emit_json({"cases": len(results), "failed": len(failed), "results": results})
+    else:
+        for r in failed:
+            label = f" ({r['name']})" if r["name"] else ""
+            info(f"FAIL {r['file']} case {r['index']}{label} on {r['connection']}: {r['statement'][:200]}")
+            info(f"     expected {r['expected']}, got {r['actual']} ({r['reason']})")
+        info(f"{len(results) - len(failed)} of {len(results)} policy cases pass")
+    if failed:
+        raise typer.Exit(int(ExitCode.ERROR))
+
+
 @app.command()
 def dev(
     workdir: Optional[str] = typer.Option(None, "--workdir", help="Keep everything in this folder (default: a temp dir removed at exit)."),
@@ -417,7 +473,7 @@ def dev(
     json_out: bool = JsonOpt,
 ) -> None:
     """DEVELOPMENT ONLY: a dev identity provider, a throw-away database and the gateway on 127.0.0.1, until Ctrl-C."""
-    from hoopcli.dev.stack import run_dev
+    from hoopcli.dev.command import run_dev
 
     if identity and not auto_approve:
         raise UsageError("--as only applies with --auto-approve", "Use `hoop dev --auto-approve --as dev-user`.")

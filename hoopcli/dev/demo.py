@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from hoopcli.dev.stack import CLIENT_ID, DEMO_TABLE, PROFILE, DevStack
+from hoopcli.dev.stack import CLIENT_ID, PROFILE, DevStack
+from hoopcli.dev.targets import DEMO_TABLE
 
 DEMO_IDENTITY = "dev-user"
 STATEMENTS = (
