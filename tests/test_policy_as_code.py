@@ -107,3 +107,12 @@ def test_a_file_without_cases_or_with_a_typo_is_a_configuration_error(tmp_path):
     typo.write_text('[[case]]\nsql = "select 1"\ndialect = "postgres"\nexpected = "allow"\n')
     done = hoop("policy", "test", str(typo))
     assert done.returncode == 8 and "unknown key 'expected'" in done.stderr
+
+
+def test_the_sample_config_is_the_readmes():
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"### gateway.toml\n\n```toml\n(.*?)```", readme, re.S).group(1)
+    sample = SAMPLE_CONFIG.read_text().split("\n", 1)[1]  # below its one-line header
+    assert sample == block, "examples/gateway.toml drifted from the README's gateway.toml: copy it again"
