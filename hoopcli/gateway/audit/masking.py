@@ -27,6 +27,7 @@ A cheap substring test keeps ordinary statements off the lexer.
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 
 from .sqllex import LITERAL, NUMBER, PUNCT, QUOTED, WORD, modes, tokenize
 
@@ -56,6 +57,7 @@ def mask_sql_secrets(text: str, dialect: str | None = None) -> str:
         return text
     readings = [(mode, tokenize(text, mode)) for mode in modes(text, dialect)]
     found = [(mode.family, span) for mode, tokens in readings for span in secret_spans(tokens, text)]
+    readings = [(mode, tokens, [t[1] for t in tokens]) for mode, tokens in readings]  # starts, to bisect
     if not found:
         return text
     out, pos = [], 0
@@ -250,12 +252,13 @@ def _hides_code(start: int, end: int, families: set[str], readings: list) -> boo
     """Does some reading see SQL inside the masked region? A reading of a family that masked it
     disagrees on where the literal ends; a reading of the other dialect counts only when it sees
     a `;` there (PostgreSQL's $$…$$ is words to MySQL, and means nothing to a MySQL server)."""
-    for mode, tokens in readings:
-        for kind, s, e, value in tokens:
-            if s < start or kind == LITERAL or kind == NUMBER:
-                continue
+    for mode, tokens, starts in readings:
+        for k in range(bisect_left(starts, start), len(tokens)):
+            kind, _, e, value = tokens[k]
             if e > end:
                 break
+            if kind == LITERAL or kind == NUMBER:
+                continue
             if value in _PREFIXES or value.startswith("_"):
                 continue
             if mode.family in families or value == ";":
