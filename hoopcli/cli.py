@@ -372,16 +372,23 @@ def audit_list(
 
 
 @audit_app.command("verify")
-def audit_verify(store: Optional[str] = StoreOpt, json_out: bool = JsonOpt) -> None:
-    """Check the hash chain: finds edited, deleted, inserted or reordered records."""
-    from hoopcli.audit_client import verify
+def audit_verify(
+    store: Optional[str] = StoreOpt,
+    head: List[str] = typer.Option([], "--head", help="A published chain head SEQ:HASH the store must still hold (repeatable)."),
+    head_from: List[str] = typer.Option([], "--head-from", help="A JSONL export (gateway.export.jsonl): its newest head must still be in the store."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Check the hash chain: finds edited, deleted, inserted or reordered records, and with a
+    published head (--head, --head-from) records deleted from the end."""
+    from hoopcli.audit_client import published_heads, verify
     from hoopcli.output import emit_json, info
 
-    report = verify(store, _api)
+    report = verify(store, _api, published_heads(head, head_from))
     if json_out:
         emit_json(report)
     else:
-        info(f"checked {report['checked']} records: " + ("chain intact" if report["ok"] else "PROBLEMS FOUND"))
+        against = f" against the published head seq {max(int(h.split(':')[0]) for h in report['heads'])}" if report.get("heads") else ""
+        info(f"checked {report['checked']} records{against}: " + ("chain intact" if report["ok"] else "PROBLEMS FOUND"))
         for problem in report["problems"]:
             info(f"  {problem}")
     if not report["ok"]:
@@ -483,14 +490,23 @@ def dev(
 # ---- the gateway --------------------------------------------------------------------------
 
 
-@app.command()
+gateway_app = typer.Typer(help="Run the gateway, or set up its audit trail as an admin (audit-schema, init).")
+app.add_typer(gateway_app, name="gateway")
+GatewayConfigOpt = typer.Option("gateway.toml", "--config", "-c", help="Path to gateway.toml.")
+
+
+@gateway_app.callback(invoke_without_command=True)
 def gateway(
-    config: str = typer.Option("gateway.toml", "--config", "-c", help="Path to gateway.toml."),
+    ctx: typer.Context,
+    config: str = GatewayConfigOpt,
     dev_tls: Optional[str] = typer.Option(None, "--dev-tls", help="Make (or reuse) a development CA and server certificate in this folder."),
     insecure_listen: bool = typer.Option(False, "--insecure-listen", help="Listen without TLS (127.0.0.1 only; for tests)."),
+    strict: bool = typer.Option(False, "--strict", help="Refuse to start when the gateway's role could rewrite its own audit trail."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Run the gateway: TLS, CONNECT with bearer tokens, per-statement audit trail."""
+    if ctx.invoked_subcommand is not None:
+        return
     from hoopcli.gateway.main import start_gateway
     from hoopcli.output import emit_json, info
 
@@ -498,10 +514,49 @@ def gateway(
         if json_out:
             emit_json(event)
         info(f"hoop gateway listening on {event['url']} (audit store: {event['audit_store']})")
+        for warning in event.get("audit_warnings") or []:
+            info(f"hoop gateway: warning: {warning}")
+        if event.get("audit_warnings"):
+            info("  The gateway can rewrite the trail it is audited by: run `hoop gateway init --admin-dsn …` as an admin (--strict refuses to start).")
         if event.get("ca_file"):
             info(f"Development CA: {event['ca_file']}  (pin it with `hoop config set ca_file {event['ca_file']}`)")
 
-    start_gateway(config, dev_tls, insecure_listen, ready)
+    start_gateway(config, dev_tls, insecure_listen, ready, strict=strict)
+
+
+GatewayStoreOpt = typer.Option(None, "--store", help="The gateway's store URL, postgresql://GATEWAY_ROLE@host/db (default: --config's audit_store).")
+GatewayRoleOpt = typer.Option(None, "--role", help="The gateway's role (default: the user of the store URL).")
+
+
+@gateway_app.command("audit-schema")
+def gateway_audit_schema(store: Optional[str] = GatewayStoreOpt, config: str = GatewayConfigOpt, role: Optional[str] = GatewayRoleOpt) -> None:
+    """Print the SQL an admin runs so that the admin owns the audit table and the gateway may only INSERT and SELECT."""
+    from hoopcli.audit_client import audit_schema
+
+    sys.stdout.write(audit_schema(store, config, role))
+
+
+@gateway_app.command("init")
+def gateway_init(
+    admin_dsn: str = typer.Option(..., "--admin-dsn", envvar="HOOP_ADMIN_DSN", help="An admin role of the audit database, not the gateway's; leave the password to PGPASSWORD or ~/.pgpass."),
+    store: Optional[str] = GatewayStoreOpt,
+    config: str = GatewayConfigOpt,
+    role: Optional[str] = GatewayRoleOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Create the audit table, its triggers and grants as an admin: the gateway's role gets INSERT and SELECT only."""
+    from hoopcli.audit_client import init_schema
+    from hoopcli.output import emit_json, info
+
+    result = init_schema(admin_dsn, store, config, role)
+    if json_out:
+        emit_json(result)
+    else:
+        info(f"audit table {result['table']}: owned by the admin; {result['gateway_role']} may INSERT and SELECT.")
+        for finding in result["findings"]:
+            info(f"  still: {finding}")
+    if not result["ok"]:
+        raise typer.Exit(int(ExitCode.ERROR))
 
 
 # ---- the error boundary -------------------------------------------------------------------

@@ -5,8 +5,10 @@ ensure_ascii=False, UTF-8.  hash = sha256(prev_hash_hex + canonical).  The first
 prev_hash is GENESIS (64 zeros).  Editing, deleting, inserting or reordering records breaks
 either a record's own hash or the next record's prev_hash; `verify_records` names the seq.
 
-The chain cannot tell a truncated tail from a short trail: ship records off the box (the
-exporters) and compare the latest seq/hash there when that matters.
+The chain alone cannot tell a truncated tail from a short trail. A `ChainHead` (seq, hash)
+published outside the store (the exporters do, as the chain grows) can: `verify_records(...,
+heads=[head])` fails, naming the missing range, when the store ends before a published head or
+holds another record at its seq. Signed checkpoints sign the same head (`ChainHead.document`).
 """
 
 from __future__ import annotations
@@ -62,6 +64,46 @@ class VerifyReport:
     problems: list[str] = field(default_factory=list)
     last_seq: int | None = None
     last_hash: str | None = None
+    heads: tuple["ChainHead", ...] = ()  # the published heads the walk was checked against
+
+
+HEAD_KEY = "chain_head"  # {"chain_head": {...}}: a head line in an export, never a record
+
+
+@dataclass(frozen=True, slots=True)
+class ChainHead:
+    """A point of the chain published outside the store: the record `seq` has hash `hash`.
+    A store that verifies against it holds every record up to `seq` as it was published."""
+
+    seq: int
+    hash: str
+
+    def __post_init__(self):
+        if type(self.seq) is not int or self.seq < 1:
+            raise ValueError(f"a chain head's seq is a whole number from 1, not {self.seq!r}")
+        if not (isinstance(self.hash, str) and len(self.hash) == 64 and all(c in "0123456789abcdef" for c in self.hash)):
+            raise ValueError("a chain head's hash is 64 lowercase hex digits")
+
+    @classmethod
+    def parse(cls, text: str) -> "ChainHead":
+        """`SEQ:HASH`, as `hoop audit verify --head` takes it."""
+        seq, sep, digest = text.strip().partition(":")
+        if not sep or not seq.isascii() or not seq.isdigit():
+            raise ValueError(f"a chain head is SEQ:HASH (e.g. 1042:3fa9…), not {text[:80]!r}")
+        return cls(int(seq), digest.lower())
+
+    @classmethod
+    def from_document(cls, doc) -> "ChainHead":
+        if not isinstance(doc, dict):
+            raise ValueError("a chain head is a JSON object")
+        return cls(doc.get("seq"), doc.get("hash"))
+
+    def document(self, ts: str) -> dict:
+        """What an exporter publishes: one place, so a signer (checkpoints) signs this dict."""
+        return {HEAD_KEY: {"seq": self.seq, "hash": self.hash, "ts": ts}}
+
+    def __str__(self) -> str:
+        return f"{self.seq}:{self.hash}"
 
 
 def canonical(record: dict) -> bytes:
@@ -138,12 +180,16 @@ def link(records: Iterable[dict], head_seq: int, head_hash: str) -> list[dict]:
     return linked
 
 
-def verify_records(records: Iterable[dict], *, from_genesis: bool = True) -> VerifyReport:
+def verify_records(records: Iterable[dict], *, from_genesis: bool = True, heads: Iterable[ChainHead] = ()) -> VerifyReport:
     """Walk records in the given order and report every break, naming the seq.
 
     With from_genesis=False (a slice, e.g. an export that starts mid-trail) the first
-    record's seq and prev_hash are taken on trust.
+    record's seq and prev_hash are taken on trust. Each of `heads` (published outside the
+    store) must be matched by the record at its seq: a store that ends before it was cut.
     """
+    heads = tuple(heads)
+    expected = {head.seq: head for head in heads}
+    matched: set[int] = set()
     problems: list[str] = []
     checked = 0
     prev_seq: int | None = None
@@ -172,5 +218,34 @@ def verify_records(records: Iterable[dict], *, from_genesis: bool = True) -> Ver
                 f"seq {seq}: prev_hash does not match the hash of seq {prev_seq}, "
                 f"a record was replaced, inserted or moved"
             )
+        head = expected.get(seq)
+        if head is not None and seq not in matched:
+            matched.add(seq)
+            if record.get("hash") != head.hash:
+                problems.append(
+                    f"seq {seq}: hash differs from the published head {head.seq}:{head.hash[:12]}…, "
+                    f"the trail was rewritten at or before seq {seq}"
+                )
         prev_seq, prev_hash = seq, record.get("hash")
-    return VerifyReport(not problems, checked, problems, prev_seq, prev_hash)
+    problems += _heads_not_reached(heads, matched, prev_seq)
+    return VerifyReport(not problems, checked, problems, prev_seq, prev_hash, heads)
+
+
+def _heads_not_reached(heads: tuple[ChainHead, ...], matched: set[int], last_seq: int | None) -> list[str]:
+    """A published head whose seq the walk never met: the tail after the store's last record
+    was cut (the missing range named), or that very record is gone from the middle."""
+    problems = []
+    for head in sorted(set(heads), key=lambda h: h.seq):
+        if head.seq in matched:
+            continue
+        if last_seq is None or last_seq < head.seq:
+            first = 1 if last_seq is None else last_seq + 1
+            missing = str(first) if first == head.seq else f"{first}..{head.seq}"
+            ends = "is empty" if last_seq is None else f"ends at seq {last_seq}"
+            problems.append(
+                f"seq {missing} missing: the published head is seq {head.seq} but the store {ends} "
+                f"(records deleted from the end of the trail)"
+            )
+        else:
+            problems.append(f"seq {head.seq} missing: the record of the published head {head.seq} is not in the store")
+    return problems

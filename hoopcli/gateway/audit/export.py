@@ -3,6 +3,14 @@
 The writer calls `export(records)` with records already stored (seq and hashes included), so an
 exported stream can be checked with `chain.verify_records(read_jsonl(path), from_genesis=False)`.
 An exporter sees nothing but records; a failing exporter is counted, never fatal.
+
+Built for the gateway (`build_exporters`), each exporter also publishes the chain head, the
+(seq, hash) of the newest record it exported, as `{"chain_head": {"seq", "hash", "ts"}}`: a line
+of the JSONL file, an element of a webhook POST. It does so once `HEAD_EVERY_RECORDS` records
+or `HEAD_EVERY_SECONDS` seconds have passed since a record it has not yet covered, and at
+close. `hoop audit verify --head-from FILE` checks a store against the newest one, so records
+deleted from the end of the store after their head left the box are found. `read_jsonl` skips
+head lines; `newest_head` reads them.
 """
 
 from __future__ import annotations
@@ -14,15 +22,23 @@ import queue
 import random
 import sys
 import threading
-from typing import Iterator, Mapping
+import time
+from typing import Callable, Iterator, Mapping
+
+from .chain import HEAD_KEY, ChainHead
+from .record import format_ts
 
 log = logging.getLogger("hoopcli.audit")
 
+HEAD_EVERY_RECORDS = 1000  # a head at least after this many records…
+HEAD_EVERY_SECONDS = 1.0  # …or this long after the oldest record no head covers yet
+
 
 def build_exporters(specs) -> list:
-    """Exporters from ("jsonl", path) / ("webhook", url) pairs (what gateway.toml names)."""
+    """Exporters from ("jsonl", path) / ("webhook", url) pairs (what gateway.toml names),
+    each publishing the chain head."""
     makers = {"jsonl": JsonLinesExporter, "webhook": WebhookExporter}
-    return [makers[kind](target) for kind, target in specs]
+    return [makers[kind](target, heads=True) for kind, target in specs]
 
 
 def encode_line(record: dict) -> str:
@@ -30,16 +46,135 @@ def encode_line(record: dict) -> str:
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
+    """The records of a JSONL export, in file order (head lines left out)."""
     with open(path, encoding="utf-8") as fh:
         for line in fh:
             if line.strip():
-                yield json.loads(line)
+                item = json.loads(line)
+                if HEAD_KEY not in item:
+                    yield item
+
+
+def newest_head(path: str | os.PathLike) -> ChainHead | None:
+    """The newest chain position an export vouches for: the highest seq among its head lines
+    and its records (each exported record is a published (seq, hash) too). A torn last line
+    (the writer killed mid-write) is passed over."""
+    newest: ChainHead | None = None
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            head = _head_of_line(line)
+            if head is not None and (newest is None or head.seq > newest.seq):
+                newest = head
+    return newest
+
+
+def _head_of_line(line: str) -> ChainHead | None:
+    try:
+        item = json.loads(line)
+        if not isinstance(item, dict):
+            return None
+        return ChainHead.from_document(item[HEAD_KEY]) if HEAD_KEY in item else ChainHead(item["seq"], item["hash"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _records_in(batch: list[dict]) -> int:
+    return sum(1 for item in batch if HEAD_KEY not in item)
+
+
+class HeadPublisher:
+    """When an exporter publishes the chain head: after `every_records` records, at most
+    `every_seconds` after the oldest record not yet covered (a timer thread, so an idle trail
+    is covered too), and at close. `publish(document)` is the exporter's own way out; a
+    `sign(document) -> document` hook is where signed checkpoints plug in."""
+
+    def __init__(
+        self,
+        publish: Callable[[dict], None],
+        *,
+        every_records: int = HEAD_EVERY_RECORDS,
+        every_seconds: float = HEAD_EVERY_SECONDS,
+        sign: Callable[[dict], dict] | None = None,
+    ):
+        self._publish = publish
+        self.every_records = max(1, int(every_records))
+        self.every_seconds = float(every_seconds)
+        self._sign = sign
+        self._cond = threading.Condition()
+        self._pending: ChainHead | None = None  # newest exported, not yet published
+        self._uncovered = 0  # records since the last published head
+        self._oldest_at = 0.0  # when the oldest of them was exported
+        self._closed = False
+        self.published: ChainHead | None = None
+        self._timer = threading.Thread(target=self._run, name="hoop-audit-head", daemon=True)
+        self._timer.start()
+
+    def saw(self, records: list[dict]) -> None:
+        """The exporter has exported these stored records (in seq order)."""
+        if not records:
+            return
+        last = records[-1]
+        try:
+            head = ChainHead(last["seq"], last["hash"])
+        except (KeyError, ValueError):
+            return  # not a stored record: nothing to vouch for
+        with self._cond:
+            if self._uncovered == 0:
+                self._oldest_at = time.monotonic()
+            self._pending = head
+            self._uncovered += len(records)
+            if self._uncovered >= self.every_records:
+                self._flush_locked()
+            else:
+                self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._closed:
+                if self._pending is None:
+                    self._cond.wait()
+                    continue
+                wait = self._oldest_at + self.every_seconds - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        head, self._pending, self._uncovered = self._pending, None, 0
+        if head is None:
+            return
+        document = head.document(format_ts(time.time()))
+        if self._sign is not None:
+            document = self._sign(document)
+        try:
+            self._publish(document)
+        except Exception as exc:  # counted by the exporter where it can; never fatal
+            log.warning("audit: publishing the chain head %s failed: %s", head, exc)
+            return
+        self.published = head
+
+    def close(self) -> None:
+        """Publish what is not yet covered, stop the timer."""
+        with self._cond:
+            self._flush_locked()
+            self._closed = True
+            self._cond.notify()
+        self._timer.join(5)
+
+
+def _head_publisher(heads, publish: Callable[[dict], None]) -> HeadPublisher | None:
+    """`heads`: False/None (none), True (the defaults) or a dict of HeadPublisher options."""
+    if not heads:
+        return None
+    return HeadPublisher(publish, **(heads if isinstance(heads, dict) else {}))
 
 
 class Exporter:
     """Receives each stored batch; must return quickly (the writer thread calls it)."""
 
     errors = 0
+    heads: HeadPublisher | None = None
 
     def export(self, records: list[dict]) -> None:
         raise NotImplementedError
@@ -51,7 +186,7 @@ class Exporter:
 class JsonLinesExporter(Exporter):
     """One JSON object per line, appended to `path` (created 0600) or written to stdout for "-"."""
 
-    def __init__(self, path: str | os.PathLike, *, fsync: bool = False):
+    def __init__(self, path: str | os.PathLike, *, fsync: bool = False, heads=False):
         self.path = os.fspath(path)
         self.fsync = fsync
         self.errors = 0
@@ -61,9 +196,18 @@ class JsonLinesExporter(Exporter):
         if self.path != "-":
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             self._fh = os.fdopen(fd, "a", encoding="utf-8")
+        self.heads = _head_publisher(heads, self._write_head)
 
     def export(self, records: list[dict]) -> None:
-        text = "".join(encode_line(r) for r in records)
+        if self._write("".join(encode_line(r) for r in records)):
+            self.written += len(records)
+            if self.heads is not None:
+                self.heads.saw(records)
+
+    def _write_head(self, document: dict) -> None:
+        self._write(encode_line(document))
+
+    def _write(self, text: str) -> bool:
         with self._lock:
             fh = self._fh if self._fh is not None else sys.stdout
             try:
@@ -74,10 +218,12 @@ class JsonLinesExporter(Exporter):
             except (OSError, ValueError) as exc:
                 self.errors += 1
                 log.warning("audit export to %s failed: %s", self.path, exc)
-                return
-            self.written += len(records)
+                return False
+            return True
 
     def close(self) -> None:
+        if self.heads is not None:
+            self.heads.close()  # the last head, before the file closes
         with self._lock:
             if self._fh is not None:
                 self._fh.close()
@@ -103,6 +249,7 @@ class WebhookExporter(Exporter):
         backoff: float = 0.5,
         max_backoff: float = 30.0,
         max_queue: int = 1000,
+        heads=False,
     ):
         import requests
 
@@ -124,16 +271,24 @@ class WebhookExporter(Exporter):
         self._abandon = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hoop-audit-webhook", daemon=True)
         self._thread.start()
+        self.heads = _head_publisher(heads, lambda document: self._enqueue([document]))
 
     def export(self, records: list[dict]) -> None:
+        if self._enqueue(list(records)) and self.heads is not None:
+            self.heads.saw(records)
+
+    def _enqueue(self, batch: list[dict]) -> bool:
+        """Queue one POST (a batch of records, or a one-element array holding a head)."""
         try:
-            self._queue.put_nowait(list(records))
+            self._queue.put_nowait(batch)
         except queue.Full:
-            self._drop(records, "the webhook queue is full")
+            self._drop(batch, "the webhook queue is full")
+            return False
+        return True
 
     def _drop(self, records: list, reason: str) -> None:
         self.errors += 1
-        self.dropped += len(records)
+        self.dropped += _records_in(records)
         self.last_error = reason
         log.error("audit webhook: dropped %d record(s): %s", len(records), reason)
 
@@ -168,7 +323,7 @@ class WebhookExporter(Exporter):
             status = response.status_code
             response.close()
             if 200 <= status < 300:
-                self.delivered += len(batch)
+                self.delivered += _records_in(batch)
                 return
             reason = f"HTTP {status}"
             if status != 429 and status < 500:
@@ -176,7 +331,10 @@ class WebhookExporter(Exporter):
         self._drop(batch, f"{reason} after {attempt + 1} attempt(s)")
 
     def close(self, timeout: float = 10.0) -> None:
-        """Deliver what is queued within `timeout`, then drop the rest (counted) and stop."""
+        """Deliver what is queued (the last head included) within `timeout`, then drop the rest
+        (counted) and stop."""
+        if self.heads is not None:
+            self.heads.close()
         try:
             self._queue.put(None, timeout=timeout)
         except queue.Full:

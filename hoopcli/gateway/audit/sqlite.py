@@ -136,11 +136,11 @@ class SQLiteStore(AuditStore):
         for row in conn.execute(f'SELECT {_COLUMNS} FROM {TABLE} ORDER BY "seq"'):
             yield from_row(row)
 
-    def verify(self) -> VerifyReport:
+    def verify(self, heads=()) -> VerifyReport:
         conn = self._connect()
         try:
             conn.execute("BEGIN")  # one snapshot for the whole walk
-            return verify_records(self._iter_all(conn))
+            return verify_records(self._iter_all(conn), heads=heads)
         finally:
             conn.close()
 

@@ -7,7 +7,7 @@ from datetime import datetime
 from operator import itemgetter
 from typing import Any, Iterable
 
-from .chain import Preencoded, VerifyReport, sorted_json_encoder
+from .chain import ChainHead, Preencoded, VerifyReport, sorted_json_encoder
 from .record import FIELDS, format_ts, normalize
 
 
@@ -45,7 +45,9 @@ class AuditStore:
     ) -> list[dict]:
         raise NotImplementedError
 
-    def verify(self) -> VerifyReport:
+    def verify(self, heads: Iterable[ChainHead] = ()) -> VerifyReport:
+        """Walk the whole chain in one snapshot; with `heads` (published outside the store),
+        also fail when the store ends before one of them or differs at its seq."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -108,6 +110,34 @@ def select_sql(table: str, columns: str, where: list[tuple[str, Any]], limit: in
         return sql + ' ORDER BY "seq"', params
     params.append(int(limit))
     return f'SELECT * FROM ({sql} ORDER BY "seq" DESC LIMIT {mark}) AS newest ORDER BY "seq"', params
+
+
+def public_url(url: str) -> str:
+    """A store URL fit for logs and the ready event: the password (userinfo, or a `password`,
+    `sslpassword`… query parameter) replaced by ***. Userinfo ends at the last `@` before the
+    first `/` (libpq reads no further), so an unencoded `@` in a password is hidden too."""
+    text = str(url)
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return text
+    authority_end = len(rest)
+    for stop in "/?#":
+        at = rest.find(stop)
+        if at != -1:
+            authority_end = min(authority_end, at)
+    at = rest.rfind("@", 0, authority_end)
+    if at != -1 and ":" in rest[:at]:
+        user = rest[: rest.index(":")]
+        rest = f"{user}:***{rest[at:]}"
+    base, qmark, query = rest.partition("?")
+    if qmark:
+        base += "?" + "&".join(_redact_param(part) for part in query.split("&"))
+    return f"{scheme}://{base}"
+
+
+def _redact_param(part: str) -> str:
+    name, eq, _ = part.partition("=")
+    return f"{name}=***" if eq and "password" in name.lower() else part
 
 
 def open_store(url_or_path: str) -> AuditStore:
