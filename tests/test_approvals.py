@@ -405,8 +405,10 @@ def test_pages_cover_every_request_once_in_order(clock):
         if cursor is None:
             break
     assert [r.id for r in seen] == [r.id for r in book.list()] and len(seen) == 7
-    mine, more = book.page(sub="alice", limit=50)
+    mine, more = book.page(viewer=("alice", ["dev"]), limit=50)
     assert {r.sub for r in mine} == {"alice"} and len(mine) == 3 and more is None
+    everyone, _ = book.page(viewer=("carol", ["dba"]), limit=50)  # an approver of app-db
+    assert len(everyone) == 7
 
 
 @pytest.mark.parametrize("limit", [0, 501])

@@ -5,13 +5,16 @@ GET  /api/connections                      connections the caller may use
 GET  /api/connections/{name}               one of them (404 unknown, 403 not allowed)
 GET  /api/audit?sub=&connection=&since=&kind=&limit=   auditors only
 GET  /api/audit/verify                     auditors only
-GET  /api/approvals?status=&limit=&cursor= approvers see all; others their own; a page of at
-                                           most `limit` (50, up to 500), oldest first, and
-                                           `next`: the cursor of the next page or null
-POST /api/approvals/{id}/approve|deny      approvers only, never the requester; the body may
-                                           carry "sha256": approve only that exact statement
+GET  /api/approvals?status=&limit=&cursor= your own requests, and those of the connections you
+                                           approve for; a page of at most `limit` (50, up to
+                                           500), oldest first, and `next`: the cursor of the
+                                           next page or null
+POST /api/approvals/{id}/approve|deny      the connection's approvers only, never the requester
+                                           (same issuer and sub); the body may carry "sha256":
+                                           approve only that exact statement
 
-Every call but /healthz needs `Authorization: Bearer <token>`, verified like a CONNECT.
+Every call but /healthz needs `Authorization: Bearer <token>`, verified like a CONNECT. A
+refusal after the token was verified is recorded with who asked (sub, email, issuer).
 """
 
 from __future__ import annotations
@@ -33,6 +36,14 @@ async def handle_api(gw, request: Request, body: bytes) -> tuple[int, object]:
     if not path.startswith("/api/"):
         raise BadRequest(404, f"no such endpoint {path}")
     identity = await _identity(gw, request)
+    try:
+        return await _answer(gw, identity, request, path, query, body)
+    except BadRequest as exc:
+        exc.who = {"sub": identity.sub, "email": identity.email, "issuer": identity.issuer}
+        raise
+
+
+async def _answer(gw, identity: Identity, request: Request, path: str, query: dict, body: bytes) -> tuple[int, object]:
     loop = asyncio.get_running_loop()
     if path == "/api/connections" and request.method == "GET":
         return 200, {"connections": [c.public() | {"port": c.port} for c in gw.registry.visible_to(identity)]}
@@ -105,11 +116,10 @@ def _approvals_page(gw, identity: Identity, query: dict) -> dict:
     limit = query.get("limit") or str(DEFAULT_PAGE)
     if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= MAX_PAGE:
         raise BadRequest(400, f"limit must be a whole number from 1 to {MAX_PAGE}")
-    mine_only = not set(identity.groups) & set(gw.settings.approver_groups)
     try:
         rows, cursor = gw.approvals.page(
             query.get("status") or None,
-            sub=identity.sub if mine_only else None,
+            viewer=(identity.principal, identity.groups),
             limit=int(limit),
             after=query.get("cursor") or None,
         )
@@ -133,9 +143,9 @@ def _decide(gw, identity: Identity, path: str, body: bytes):
         raise BadRequest(400, "sha256 is a hex string, and only for approve")
     try:
         if decision == "approve":
-            request = gw.approvals.approve(request_id, identity.sub, set(identity.groups), reason, sha256=sha256)
+            request = gw.approvals.approve(request_id, identity.principal, set(identity.groups), reason, sha256=sha256)
         else:
-            request = gw.approvals.deny(request_id, identity.sub, set(identity.groups), reason)
+            request = gw.approvals.deny(request_id, identity.principal, set(identity.groups), reason)
     except KeyError:
         raise BadRequest(404, f"no approval request {request_id}") from None
     except PermissionError as exc:

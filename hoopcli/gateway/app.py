@@ -14,8 +14,8 @@ import signal
 import ssl
 import time
 
-from hoopcli.gateway.identity import Identity, IdentityVerifier
-from hoopcli.gateway.protocols.base import Verdict
+from hoopcli.gateway.identity import Identity, IdentityVerifier, parse_principal
+from hoopcli.gateway.protocols.base import SessionStarted, Verdict
 from hoopcli.gateway.registry import Connection
 from hoopcli.gateway.settings import GatewaySettings
 
@@ -27,22 +27,26 @@ AUDIT_DOWN = Verdict("deny", message="hoop: the audit store is unavailable, so n
 class Gateway:
     def __init__(self, settings: GatewaySettings, store=None):
         from hoopcli.gateway.approvals import ApprovalBook
-        from hoopcli.gateway.audit import AuditWriter, open_store
-        from hoopcli.gateway.audit.export import build_exporters
+        from hoopcli.gateway.audit import open_store
+        from hoopcli.gateway.audit.durability import start_writer
 
         self.settings = settings
         self.registry = settings.registry
         self.verifier = IdentityVerifier(settings.issuers)
-        if store is None:  # ours: the writer process opens its own connection to it
-            self.store = open_store(settings.audit_store)  # fails here, at start, when misconfigured
-            self.writer = AuditWriter.in_subprocess(settings.audit_store, self._exporter_specs())
-        else:
-            self.store = store
-            self.writer = AuditWriter(store, exporters=build_exporters(self._exporter_specs()))
+        # Ours (store None): the writer process opens its own connection to it. Either way an
+        # earlier run's journal is replayed first (audit/durability.py).
+        self.store = open_store(settings.audit_store) if store is None else store  # fails here when misconfigured
+        self.writer = start_writer(
+            settings.audit_store, self.store, self._exporter_specs(), durability=settings.durability,
+            journal_dir=settings.journal_dir, in_subprocess=store is None,
+        )
         self.submit = self.writer.submit
         self.policies = self._policies()
         self.approvals = ApprovalBook(
             settings.approver_groups,
+            connection_approvers={
+                c.name: c.approver_groups for c in self.registry.connections.values() if c.approver_groups is not None
+            },
             grant_window=settings.approval_window_seconds,
             max_pending_per_sub=settings.approval_max_pending,
             max_pending_bytes=settings.approval_max_pending_bytes,
@@ -69,10 +73,11 @@ class Gateway:
         from hoopcli.gateway.policy import Policy
 
         policies = {}
+        issuers = [i.issuer for i in self.settings.issuers]
         for conn in self.registry.connections.values():
             if conn.policy:
                 try:
-                    policies[conn.name] = Policy.from_config(conn.policy)
+                    policies[conn.name] = Policy.from_config(conn.policy, subject=lambda s: parse_principal(s, issuers))
                 except ValueError as exc:
                     raise ValueError(f"connections.{conn.name}.policy: {exc}") from None
         return policies
@@ -81,7 +86,12 @@ class Gateway:
         return self.writer.healthy
 
     def engine_for(self, conn: Connection, identity: Identity):
-        gate = self._gate(conn, identity)
+        from hoopcli.gateway.policy.gate import SessionDatabase
+
+        # A gated connection whose database is not pinned learns the session's from the login,
+        # to bind approvals to it (see make_gate).
+        session = SessionDatabase() if conn.name in self.policies and conn.pinned_database is None else None
+        gate = self._gate(conn, identity, session)
         if not conn.record:
             from hoopcli.gateway.protocols.tcp import TcpEngine
 
@@ -89,16 +99,18 @@ class Gateway:
         if conn.protocol == "postgres":
             from hoopcli.gateway.protocols.postgres import PostgresEngine
 
-            return PostgresEngine(gate=gate, record_params=self.settings.record_params, database=conn.pinned_database)
-        if conn.protocol == "mysql":
+            engine = PostgresEngine(gate=gate, record_params=self.settings.record_params, database=conn.pinned_database)
+        elif conn.protocol == "mysql":
             from hoopcli.gateway.protocols.mysql import MySQLEngine
 
-            return MySQLEngine(gate=gate, record_params=self.settings.record_params, database=conn.pinned_database)
-        from hoopcli.gateway.protocols.tcp import TcpEngine
+            engine = MySQLEngine(gate=gate, record_params=self.settings.record_params, database=conn.pinned_database)
+        else:
+            from hoopcli.gateway.protocols.tcp import TcpEngine
 
-        return TcpEngine()
+            return TcpEngine()
+        return engine if session is None else SessionWatch(engine, session)
 
-    def _gate(self, conn: Connection, identity: Identity):
+    def _gate(self, conn: Connection, identity: Identity, session=None):
         """Every statement passes the audit-health check (no record, no statement); a
         connection with a policy also passes its rules."""
         writer = self.writer
@@ -114,7 +126,13 @@ class Gateway:
         from hoopcli.gateway.policy import make_gate
 
         policy_gate = make_gate(
-            policy, self.approvals, (identity.sub, identity.groups), conn.name, dialect, database=conn.pinned_database
+            policy,
+            self.approvals,
+            (identity.principal, identity.groups),
+            conn.name,
+            dialect,
+            database=conn.pinned_database,
+            session=session,
         )
         return lambda text: policy_gate(text) if writer.healthy else AUDIT_DOWN
 
@@ -124,7 +142,9 @@ class Gateway:
                 "kind": "approval_request",
                 "ts": time.time(),
                 "sub": request.sub,
+                "issuer": request.issuer,
                 "connection": request.connection,
+                "database": request.database,
                 "statement": request.statement,
                 "outcome": "pending",
                 "details": {
@@ -140,17 +160,27 @@ class Gateway:
             self.approval_hook.export([{"event": "approval_request", **public_request(request)}])
 
     def _approval_decided(self, request) -> None:
-        """Approve, deny and the one use of a grant: each one record, with who and why."""
+        """Approve, deny and the one use of a grant: each one record, with who (sub and issuer:
+        the one who decided, or for `used` the requester) and why."""
+        used = request.status == "used"
         self.submit(
             {
                 "kind": "approval_decision",
                 "ts": time.time(),
-                "sub": request.decided_by if request.status != "used" else request.sub,
+                "sub": request.sub if used else request.decided_by,
+                "issuer": request.issuer if used else request.decided_by_issuer,
                 "connection": request.connection,
+                "database": request.database,
                 "statement": request.statement,
                 "outcome": request.status,
                 "message": request.reason or None,
-                "details": {"request_id": request.id, "requester": request.sub, "approver": request.decided_by},
+                "details": {
+                    "request_id": request.id,
+                    "requester": request.sub,
+                    "requester_issuer": request.issuer,
+                    "approver": request.decided_by,
+                    "approver_issuer": request.decided_by_issuer,
+                },
             }
         )
 
@@ -162,6 +192,34 @@ class Gateway:
 
 
 verdict_allow = Verdict("allow")
+
+
+class SessionWatch:
+    """An engine whose SessionStarted events (login, COM_CHANGE_USER) also set the database
+    its gate binds approvals to. The database is learnt after the feed that carried the login:
+    a statement judged in that same feed (pipelined behind it) finds it unknown, and an
+    unknown database makes nothing approvable (see make_gate): late, never wrong."""
+
+    __slots__ = ("engine", "session")
+
+    def __init__(self, engine, session) -> None:
+        self.engine = engine
+        self.session = session
+
+    def from_client(self, data: bytes):
+        return self._watch(self.engine.from_client(data))
+
+    def from_server(self, data: bytes):
+        return self._watch(self.engine.from_server(data))
+
+    def _watch(self, out):
+        for event in out.events:
+            if type(event) is SessionStarted:
+                self.session.database = event.database or ""
+        return out
+
+    def __getattr__(self, name: str):
+        return getattr(self.engine, name)
 
 
 def public_request(request) -> dict:

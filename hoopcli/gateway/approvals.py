@@ -1,15 +1,17 @@
 """Approval requests for held statements, and the one-use grants approvers hand out.
 
 The gate files a request when the policy says `require_approval`; an approver (a member of
-one of the approver groups, and never the requester) approves or denies it; an approval lets
-exactly that statement text through once, for the same identity on the same connection,
-within a window. The book lives in memory and is thread-safe; a store (anything with
+one of the connection's approver groups, and never the requester) approves or denies it; an
+approval lets exactly that statement text through once, for the same identity on the same
+connection and database, within a window. Identities are principals, (issuer, sub): the same
+`sub` from another issuer is someone else, who neither sees nor uses the request. The book lives in memory and is thread-safe; a store (anything with
 `save(request)` and `load()`) can keep it across restarts.
 
 A request keeps a bounded prefix of its statement (PREFIX_BYTES of UTF-8, cut on a character
 boundary) with the full text's SHA-256 and length, never the whole text: a statement can be
 up to 64 MiB, and a held one never ran. The grant is matched by (sub, connection, SHA-256),
-so only the exact text that was approved runs, however long its common prefix with another.
+so only the exact text that was approved runs, however long its common prefix with another
+(with the requester's issuer and the session's database: see ApprovalRequest.key).
 Per requester, the pending requests are capped in number and in bytes of statement.
 """
 
@@ -23,7 +25,9 @@ import secrets
 import threading
 import time
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Callable, Iterable, Literal, Protocol
+from typing import Callable, Iterable, Literal, Mapping, Protocol
+
+from hoopcli.gateway.identity import Principal
 
 __all__ = [
     "DEFAULT_GRANT_WINDOW",
@@ -103,7 +107,7 @@ class ApprovalRequest:
     """A snapshot: the book replaces it on every change, so holders never see it move."""
 
     id: str
-    sub: str
+    sub: str  # with `issuer`: who asked (the principal); a bare sub alone names nobody
     connection: str
     statement: str  # the whole text when short; else its prefix (truncated=True)
     categories: tuple[str, ...]
@@ -119,10 +123,17 @@ class ApprovalRequest:
     statement_chars: int = 0
     statement_bytes: int = 0
     truncated: bool = False
+    issuer: str = ""  # the requester's; "" in requests saved before issuers were kept: nobody's
+    database: str = ""  # the session's database when it was held: the grant runs only there
+    decided_by_issuer: str | None = None
 
     @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.sub, self.connection, self.statement_sha256)
+    def requester(self) -> Principal:
+        return Principal(self.issuer, self.sub)
+
+    @property
+    def key(self) -> tuple[str, str, str, str, str]:
+        return (self.issuer, self.sub, self.connection, self.database, self.statement_sha256)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -182,6 +193,16 @@ class ApprovalStore(Protocol):
     def load(self) -> Iterable[ApprovalRequest]: ...
 
 
+def _principal(who, role: str) -> Principal:
+    """The gateway passes (issuer, sub). A bare name (unit use) is a subject of no issuer,
+    "", which no verified identity has: it never matches a gateway requester or approver."""
+    if isinstance(who, str):
+        return Principal("", who)
+    if not (isinstance(who, tuple) and len(who) == 2 and all(isinstance(part, str) for part in who)):
+        raise TypeError(f"{role} must be a Principal (issuer, sub), not {who!r}")
+    return Principal(*who)
+
+
 def _new_id() -> str:
     return secrets.token_hex(4)  # 8 hex digits: short to type, unambiguous to read
 
@@ -190,6 +211,7 @@ class ApprovalBook:
     """Approval requests in memory (thread-safe), with one-use grants.
 
     approver_groups: names of the groups whose members may decide; none means nobody can.
+    connection_approvers: per connection name, the groups that decide its requests instead.
     grant_window: seconds an approval stays usable (default 15 min).
     pending_ttl: seconds a request waits for a decision before it expires (default 1 h).
     max_pending_per_sub / max_pending_bytes: how many requests, and how many bytes of statement
@@ -205,6 +227,7 @@ class ApprovalBook:
         self,
         approver_groups: Iterable[str] = (),
         *,
+        connection_approvers: Mapping[str, Iterable[str]] | None = None,
         grant_window: float = DEFAULT_GRANT_WINDOW,
         pending_ttl: float = DEFAULT_PENDING_TTL,
         retention: float = DEFAULT_RETENTION,
@@ -223,6 +246,11 @@ class ApprovalBook:
             if not value > 0:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         self.approver_groups = frozenset(approver_groups)
+        self.connection_approvers = {
+            name: frozenset(groups) for name, groups in (connection_approvers or {}).items()
+        }
+        if any(isinstance(groups, str) for groups in (connection_approvers or {}).values()):
+            raise TypeError("connection_approvers maps a connection to a collection of group names")
         self.grant_window = float(grant_window)
         self.pending_ttl = float(pending_ttl)
         self.retention = float(retention)
@@ -241,8 +269,8 @@ class ApprovalBook:
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._requests: dict[str, ApprovalRequest] = {}
-        self._pending_by_key: dict[tuple[str, str, str], str] = {}
-        self._approved_by_key: dict[tuple[str, str, str], list[str]] = {}
+        self._pending_by_key: dict[tuple[str, ...], str] = {}
+        self._approved_by_key: dict[tuple[str, ...], list[str]] = {}
         if store is not None:
             for request in store.load():
                 self._index(request)
@@ -294,9 +322,10 @@ class ApprovalBook:
             for request in finished[: len(finished) - self.max_finished]:
                 del self._requests[request.id]
 
-    def _check_room(self, sub: str, digest: StatementDigest) -> None:
-        """Raise PermissionError when `sub` may not file one more request of this size."""
-        pending = [r for r in self._requests.values() if r.status == "pending" and r.sub == sub]
+    def _check_room(self, requester: Principal, digest: StatementDigest) -> None:
+        """Raise PermissionError when `requester` may not file one more request of this size."""
+        sub = requester.sub
+        pending = [r for r in self._requests.values() if r.status == "pending" and r.requester == requester]
         if len(pending) >= self.max_pending_per_sub:
             raise PermissionError(
                 f"too many approval requests pending for {sub} ({len(pending)}); wait for an approver to decide"
@@ -329,33 +358,45 @@ class ApprovalBook:
 
     # ---- the gate's side -------------------------------------------------------------------
 
-    def request(self, sub: str, connection: str, statement: str, categories: Iterable[str] = ()) -> ApprovalRequest:
-        """File a request, or return the pending one for the same (sub, connection, statement).
+    def request(
+        self,
+        requester: Principal,
+        connection: str,
+        statement: str,
+        categories: Iterable[str] = (),
+        *,
+        database: str = "",
+    ) -> ApprovalRequest:
+        """File a request, or return the pending one for the same (requester, connection,
+        database, statement). `database`: the session's, which the grant will be bound to.
 
         The request keeps the statement's digest (prefix, SHA-256, length), not the statement.
         Raises PermissionError when `sub` already has `max_pending_per_sub` pending requests,
         or this statement would take their pending statements past `max_pending_bytes`."""
+        requester = _principal(requester, "requester")
         digest = digest_statement(statement)  # outside the lock: hashing 64 MiB takes a while
         changed: list[ApprovalRequest] = []
         created = None
         with self._lock:
             now = self._clock()
-            key = (sub, connection, digest.sha256)
+            key = (requester.issuer, requester.sub, connection, database, digest.sha256)
             existing_id = self._pending_by_key.get(key)
             if existing_id is not None:
                 existing = self._expire(self._requests[existing_id], now, changed)
                 if existing.status == "pending":
                     return existing
             self._sweep(now, changed)
-            self._check_room(sub, digest)
+            self._check_room(requester, digest)
             request_id = self._new_id().lower()
             while request_id in self._requests:
                 request_id = self._new_id().lower()
             created = self._put(
                 ApprovalRequest(
                     id=request_id,
-                    sub=sub,
+                    sub=requester.sub,
+                    issuer=requester.issuer,
                     connection=connection,
+                    database=database,
                     categories=tuple(categories),
                     created_at=now,
                     expires_at=now + self.pending_ttl,
@@ -367,12 +408,17 @@ class ApprovalBook:
         self._call(self.on_request, created)
         return created
 
-    def consume(self, sub: str, connection: str, statement: str) -> ApprovalRequest | None:
-        """Use the oldest live approval of exactly this statement for this sub and connection.
+    def consume(
+        self, requester: Principal, connection: str, statement: str, *, database: str = ""
+    ) -> ApprovalRequest | None:
+        """Use the oldest live approval of exactly this statement for this requester,
+        connection and database.
 
         The statement is matched by its SHA-256: a text that only shares the approved one's
         prefix finds no grant. Returns it marked `used` (its one use is spent), or None."""
-        key = (sub, connection, digest_statement(statement, keep=0).sha256)
+        requester = _principal(requester, "requester")
+        sha256 = digest_statement(statement, keep=0).sha256
+        key = (requester.issuer, requester.sub, connection, database, sha256)
         changed: list[ApprovalRequest] = []
         used = None
         with self._lock:
@@ -392,7 +438,7 @@ class ApprovalBook:
     def approve(
         self,
         request_id: str,
-        approver_sub: str,
+        approver: Principal,
         approver_groups: Iterable[str],
         reason: str = "",
         *,
@@ -402,45 +448,57 @@ class ApprovalBook:
 
         sha256: approve only if the statement's SHA-256 is this. Required when the request
         keeps only a prefix: nobody approves a statement they could not read by one click.
-        PermissionError when the approver is the requester or in none of the approver groups;
+        PermissionError when the approver is the requester (same issuer and sub) or in none of
+        the approver groups of the request's connection;
         ApprovalStateError when the request is no longer pending or the hash differs;
         KeyError for an unknown id."""
-        return self._decide(request_id, approver_sub, approver_groups, reason, "approved", sha256)
+        return self._decide(request_id, approver, approver_groups, reason, "approved", sha256)
 
     def deny(
-        self, request_id: str, approver_sub: str, approver_groups: Iterable[str], reason: str = ""
+        self, request_id: str, approver: Principal, approver_groups: Iterable[str], reason: str = ""
     ) -> ApprovalRequest:
         """Refuse the request; the same rules about who may decide apply as for `approve`."""
-        return self._decide(request_id, approver_sub, approver_groups, reason, "denied")
+        return self._decide(request_id, approver, approver_groups, reason, "denied")
+
+    def approvers_for(self, connection: str) -> frozenset[str]:
+        """The groups whose members decide `connection`'s requests."""
+        return self.connection_approvers.get(connection, self.approver_groups)
+
+    def may_see(self, request: ApprovalRequest, viewer: Principal, groups: Iterable[str]) -> bool:
+        """Requesters see their own requests; approvers those of the connections they decide."""
+        return request.requester == viewer or not self.approvers_for(request.connection).isdisjoint(groups)
 
     def _decide(
         self,
         request_id: str,
-        approver_sub: str,
+        approver: Principal,
         approver_groups: Iterable[str],
         reason: str,
         status: Status,
         sha256: str | None = None,
     ) -> ApprovalRequest:
         verb = "approve" if status == "approved" else "deny"
+        approver = _principal(approver, "approver")
+        approver_sub = approver.sub
         changed: list[ApprovalRequest] = []
         try:
             with self._lock:
                 now = self._clock()
                 request = self._get(request_id)
-                if approver_sub == request.sub:
+                if approver == request.requester:
                     raise PermissionError(
                         f"{approver_sub} cannot {verb} request {request.id}: it is their own; "
                         "another approver must decide"
                     )
-                if self.approver_groups.isdisjoint(approver_groups):
-                    if not self.approver_groups:
+                approvers = self.approvers_for(request.connection)
+                if approvers.isdisjoint(approver_groups):
+                    if not approvers:
                         raise PermissionError(
                             f"cannot {verb} request {request.id}: no approver groups are configured"
                         )
                     raise PermissionError(
                         f"{approver_sub} cannot {verb} request {request.id}: "
-                        f"approvers must be in one of the groups {', '.join(sorted(self.approver_groups))}"
+                        f"approvers must be in one of the groups {', '.join(sorted(approvers))}"
                     )
                 request = self._expire(request, now, changed)
                 if request.status != "pending":
@@ -462,6 +520,7 @@ class ApprovalBook:
                         request,
                         status=status,
                         decided_by=approver_sub,
+                        decided_by_issuer=approver.issuer,
                         decided_at=now,
                         reason=reason,
                         grant_expires_at=now + self.grant_window if status == "approved" else None,
@@ -501,17 +560,25 @@ class ApprovalBook:
         return sorted(found, key=lambda r: (r.created_at, r.id))
 
     def page(
-        self, status: str | None = None, *, sub: str | None = None, limit: int = DEFAULT_PAGE, after: str | None = None
+        self,
+        status: str | None = None,
+        *,
+        viewer: tuple[Principal, Iterable[str]] | None = None,
+        limit: int = DEFAULT_PAGE,
+        after: str | None = None,
     ) -> tuple[list[ApprovalRequest], str | None]:
-        """Up to `limit` requests (of `status`, filed by `sub`), oldest first, starting after
-        the cursor `after`; and the cursor of the next page, or None when this is the last."""
+        """Up to `limit` requests (of `status`, that `viewer` = (principal, groups) may see, see
+        `may_see`; all without a viewer), oldest first, starting after the cursor `after`; and
+        the cursor of the next page, or None when this is the last."""
         if not 1 <= limit <= MAX_PAGE:
             raise ValueError(f"limit must be between 1 and {MAX_PAGE}")
         start = _parse_cursor(after) if after else None
+        if viewer is not None:
+            who, groups = _principal(viewer[0], "viewer"), frozenset(viewer[1])
         found = [
             r
             for r in self.list(status)
-            if (sub is None or r.sub == sub) and (start is None or (r.created_at, r.id) > start)
+            if (viewer is None or self.may_see(r, who, groups)) and (start is None or (r.created_at, r.id) > start)
         ]
         rows = found[:limit]
         return rows, _cursor(rows[-1]) if len(found) > limit else None

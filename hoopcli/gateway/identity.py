@@ -5,6 +5,11 @@ from each issuer's metadata, cached, and refetched when a token names an unknown
 most once per REFETCH_INTERVAL per issuer, so a flood of forged kids cannot hammer the IdP.
 Only asymmetric algorithms are accepted: `none` and HS* (which would let anyone holding the
 public key forge tokens) never verify.
+
+An identity is keyed by issuer and subject (`Principal`): alice at the CI issuer is not alice
+at the company IdP. Groups come only through the issuer's grants (`TrustedIssuer.grants`),
+applied here once, so a machine issuer's token cannot mint approver or auditor rights by a
+claim, and nothing downstream compares bare names.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Iterable, NamedTuple
 
 from hoopcli.auth.tokens import ALLOWED_ALGORITHMS, LEEWAY_SECONDS
 
@@ -25,13 +31,27 @@ class TokenRejected(Exception):
     """The token is not acceptable; the message is safe to show and to record."""
 
 
+class Principal(NamedTuple):
+    """Who someone is: a subject is only unique within the issuer that signed it."""
+
+    issuer: str
+    sub: str
+
+    def __str__(self) -> str:
+        return f"{self.sub} ({self.issuer})"
+
+
 @dataclass(frozen=True)
 class Identity:
     sub: str
     issuer: str
     email: str = ""
     name: str = ""
-    groups: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()  # only those the issuer may grant (TrustedIssuer.grants)
+
+    @property
+    def principal(self) -> Principal:
+        return Principal(self.issuer, self.sub)
 
     @property
     def label(self) -> str:
@@ -39,6 +59,25 @@ class Identity:
 
     def public(self) -> dict:
         return {"sub": self.sub, "email": self.email, "name": self.name, "groups": list(self.groups), "issuer": self.issuer}
+
+
+def parse_principal(text: str, issuers: Iterable[str]) -> Principal:
+    """A subject as gateway.toml names it: `"issuer|sub"` for a configured issuer (its URL as
+    in [[issuers]], without a trailing slash), or a bare `"sub"`, which means the FIRST
+    configured issuer (the human IdP). A bare sub may itself contain "|" (Auth0's
+    "auth0|123"): only a configured issuer's URL before the first "|" makes it qualified.
+    ValueError for what looks like a URL but names no configured issuer."""
+    issuers = [i.rstrip("/") for i in issuers]
+    if not issuers:
+        raise ValueError("no issuer is configured")
+    head, bar, rest = text.partition("|")
+    if bar and head.rstrip("/") in issuers:
+        if not rest:
+            raise ValueError(f"{text!r} names an issuer but no subject")
+        return Principal(head.rstrip("/"), rest)
+    if bar and "://" in head:
+        raise ValueError(f"{text!r} names issuer {head!r}, which is not one of the [[issuers]]")
+    return Principal(issuers[0], text)
 
 
 @dataclass
@@ -49,6 +88,9 @@ class TrustedIssuer:
     ca_file: str = ""
     # Optional explicit JWKS URL; otherwise discovered from the issuer's metadata.
     jwks_uri: str = ""
+    # The groups this issuer may grant; None: every group it claims. Others are dropped.
+    # (gateway.toml's default: None for the first issuer, none at all for the others.)
+    grants: frozenset[str] | None = None
     _keys: dict = field(default_factory=dict, repr=False)
     _fetched_at: float = field(default=0.0, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -126,13 +168,26 @@ class IdentityVerifier:
             raise TokenRejected("token audience is not accepted") from None
         except jwt.PyJWTError as exc:
             raise TokenRejected(f"token rejected: {exc}") from None
-        groups = claims.get(trusted.groups_claim) or []
-        if isinstance(groups, str):
-            groups = [groups]
+        sub = str(claims["sub"])
         return Identity(
-            sub=str(claims["sub"]),
+            sub=sub,
             issuer=trusted.issuer,
             email=str(claims.get("email", "")),
             name=str(claims.get("name", "")),
-            groups=tuple(str(g) for g in groups),
+            groups=granted_groups(trusted, sub, claims.get(trusted.groups_claim)),
         )
+
+
+def granted_groups(trusted: TrustedIssuer, sub: str, claimed) -> tuple[str, ...]:
+    """The claimed groups this issuer may grant, in claim order; the rest are dropped (logged)."""
+    if not claimed:
+        return ()
+    names = [claimed] if isinstance(claimed, str) else claimed if isinstance(claimed, list) else []
+    names = list(dict.fromkeys(str(g) for g in names))
+    if trusted.grants is None:
+        return tuple(names)
+    kept = tuple(g for g in names if g in trusted.grants)
+    if len(kept) < len(names):
+        dropped = sorted(set(names) - set(kept))
+        log.debug("issuer %s may not grant %s: dropped for %s", trusted.issuer, ", ".join(dropped), sub)
+    return kept

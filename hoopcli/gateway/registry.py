@@ -1,10 +1,18 @@
-"""Registered connections and who may use them. The gateway only ever dials these targets."""
+"""Registered connections and who may use them. The gateway only ever dials these targets.
+
+Who: `subjects` are principals (issuer, sub), written in gateway.toml as a bare sub of the
+first issuer or `"<issuer URL>|<sub>"` (see identity.parse_principal); `groups` are matched
+against the groups the identity's issuer granted. Approving for a connection
+(`approver_groups`) is a separate right: it never lets anyone open the connection.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hoopcli.gateway.identity import Identity
+from typing import Iterable
+
+from hoopcli.gateway.identity import Identity, Principal, parse_principal
 
 PROTOCOLS = ("postgres", "mysql", "tcp")
 DEFAULT_PORTS = {"postgres": 5432, "mysql": 3306}
@@ -16,8 +24,10 @@ class Connection:
     protocol: str
     host: str
     port: int
-    subjects: tuple[str, ...] = ()
+    subjects: tuple[Principal, ...] = ()
     groups: tuple[str, ...] = ()
+    # Who may approve its held statements; None: the gateway's [gateway.approvals] groups.
+    approver_groups: tuple[str, ...] | None = None
     description: str = ""
     database: str = ""
     # What the client needs to get credentials (broker kind, role, ...): never a secret.
@@ -35,7 +45,7 @@ class Connection:
         return self.database if self.database and self.pin_database else None
 
     def allows(self, identity: Identity) -> bool:
-        return identity.sub in self.subjects or bool(set(identity.groups) & set(self.groups))
+        return identity.principal in self.subjects or not set(self.groups).isdisjoint(identity.groups)
 
     def public(self) -> dict:
         """What `GET /api/connections` shows a caller who may use it (the target stays private)."""
@@ -61,11 +71,13 @@ class Registry:
         return [c for c in self.connections.values() if c.allows(identity)]
 
     @classmethod
-    def from_config(cls, table: dict) -> "Registry":
-        return cls({name: connection_from_config(name, entry) for name, entry in (table or {}).items()})
+    def from_config(cls, table: dict, issuers: Iterable[str] = ()) -> "Registry":
+        """`issuers`: the configured issuer URLs, first the human IdP (bare subjects are its)."""
+        issuers = tuple(issuers)
+        return cls({name: connection_from_config(name, entry, issuers) for name, entry in (table or {}).items()})
 
 
-def connection_from_config(name: str, entry: dict) -> Connection:
+def connection_from_config(name: str, entry: dict, issuers: Iterable[str] = ()) -> Connection:
     def fail(msg: str):
         raise ValueError(f"connections.{name}: {msg}")
 
@@ -88,6 +100,17 @@ def connection_from_config(name: str, entry: dict) -> Connection:
             fail(f"{key} must be a list of strings, e.g. [\"dba\"]")
     if not subjects and not groups:
         fail("name at least one of subjects = [...] or groups = [...]: nobody may use it otherwise")
+    principals = []
+    for subject in subjects:
+        try:
+            principals.append(parse_principal(subject, issuers))
+        except ValueError as exc:
+            fail(f"subjects: {exc}")
+    approver_groups = entry.get("approver_groups")
+    if approver_groups is not None and (
+        not isinstance(approver_groups, list) or not all(isinstance(v, str) for v in approver_groups)
+    ):
+        fail("approver_groups must be a list of strings, e.g. [\"dba-leads\"]")
     policy = entry.get("policy")
     if policy and protocol == "tcp":
         fail("a policy needs a database protocol (postgres or mysql): tcp connections carry bytes the gateway does not read")
@@ -104,8 +127,9 @@ def connection_from_config(name: str, entry: dict) -> Connection:
         protocol=protocol,
         host=host.strip("[]"),
         port=int(port),
-        subjects=tuple(subjects),
+        subjects=tuple(principals),
         groups=tuple(groups),
+        approver_groups=None if approver_groups is None else tuple(approver_groups),
         description=entry.get("description", ""),
         database=entry.get("database", ""),
         credentials=dict(entry.get("credentials", {})),

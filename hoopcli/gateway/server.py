@@ -55,13 +55,19 @@ class SessionRecorder:
     Hot path: one StatementStarted and one outcome per statement. The outcome's record is a
     statement tuple (audit/record.py): the session's checked fields once, the statement's
     own values raw (the audit writer formats and normalizes them off the event loop).
+
+    With a journal (durability "process" or "power", audit/journal.py) a statement's start —
+    who, when, what — is appended to it as the engine reports it, and the relay commits the
+    journal before it forwards the engine's bytes (`ClientSide.upstream`); the outcome
+    follows. Engines do not know which level runs.
     """
 
-    __slots__ = ("submit", "enqueue", "base", "pending", "db_user", "database", "statements", "error", "_stmt")
+    __slots__ = ("submit", "enqueue", "journal", "base", "pending", "db_user", "database", "statements", "error", "_stmt")
 
-    def __init__(self, submit, base: dict, enqueue):
+    def __init__(self, submit, base: dict, enqueue, journal=None):
         self.submit = submit  # for records built here from any fields (checked on the way in)
         self.enqueue = enqueue  # for statement tuples of this checked session (AuditWriter.enqueue)
+        self.journal = journal
         self.base = base
         self.pending: deque = deque()
         self.db_user = None
@@ -79,7 +85,10 @@ class SessionRecorder:
         for event in events:
             kind = type(event)
             if kind is StatementStarted:
-                self.pending.append((event, _wall(), _clock()))
+                started = _wall()
+                journal = self.journal
+                start_id = 0 if journal is None else journal.started(self._stmt, started, event.text, event.kind, event.params)
+                self.pending.append((event, started, _clock(), start_id))
             elif kind is StatementFinished:
                 if self.pending:
                     self._statement("ok", event.tag, None, None)
@@ -90,6 +99,7 @@ class SessionRecorder:
                 self._blocked(event)
             elif kind is SessionStarted:
                 self.db_user, self.database = event.db_user, event.database
+                self.forget_session()
                 self._stmt = self._statement_base()
             elif kind is ProtocolError:
                 # Recorded once, in the session_end written when the connection closes.
@@ -97,11 +107,16 @@ class SessionRecorder:
 
     def _statement(self, outcome: str, tag, code, message) -> None:
         """The record of the oldest pending statement (the caller checked there is one)."""
-        event, started, t0 = self.pending.popleft()
+        event, started, t0, start_id = self.pending.popleft()
         duration = (_clock() - t0) * 1000  # rounded to the microsecond off the event loop (normalize)
         self.statements += 1
         details = _KIND_DETAILS[event.kind] if event.params is None else {"kind": event.kind, "params": list(event.params)}
-        self.enqueue((self._stmt, started, event.text, duration, outcome, tag, code, message, details))
+        self.enqueue((self._stmt, started, event.text, duration, outcome, tag, code, message, details), start_id)
+
+    def forget_session(self) -> None:
+        """The journal no longer needs this session's fields for segments to come."""
+        if self.journal is not None:
+            self.journal.forget(self._stmt)
 
     def _finish(self, outcome: str, tag=None, code=None, message=None) -> None:
         if self.pending:
@@ -190,6 +205,9 @@ class ClientSide(asyncio.Protocol):
         self.target: TargetSide | None = None
         self.engine = None
         self.recorder: SessionRecorder | None = None
+        self.journal = None  # audit/journal.py when the durability level keeps one
+        self.held_upstream: list[bytes] | None = None  # ("power") bytes waiting for a journal sync
+        self.held_until = 0  # the journal frames that sync must cover
         self.peer = ""
         self.started = 0.0
         self.bytes_up = 0
@@ -249,12 +267,12 @@ class ClientSide(asyncio.Protocol):
     def from_client(self, data: bytes) -> None:
         self.bytes_up += len(data)
         out = self.engine.from_client(data)
+        if out.events:  # first: a statement's start is journaled before its bytes go upstream
+            self.recorder.handle(out.events)
         if out.to_server:
-            self.target.transport.write(out.to_server)
+            self.upstream(out.to_server)
         if out.to_client:
             self.transport.write(out.to_client)
-        if out.events:
-            self.recorder.handle(out.events)
         if out.close:
             self.close()
 
@@ -264,14 +282,39 @@ class ClientSide(asyncio.Protocol):
             return
         self.bytes_down += len(data)
         out = self.engine.from_server(data)
+        if out.events:  # a fence opening here may release statements: journaled first
+            self.recorder.handle(out.events)
         if out.to_client:
             self.transport.write(out.to_client)
         if out.to_server:
-            self.target.transport.write(out.to_server)
-        if out.events:
-            self.recorder.handle(out.events)
+            self.upstream(out.to_server)
         if out.close:
             self.close()
+
+    def upstream(self, data: bytes) -> None:
+        """Forward to the target once the journal holds every start so far at the gateway's
+        durability level: at once for "process" (commit() writes), after the next group
+        fsync for "power" (later bytes queue behind, in order)."""
+        journal = self.journal
+        need = 0 if journal is None else journal.commit()
+        if self.held_upstream is not None:
+            self.held_upstream.append(data)
+            self.held_until = max(self.held_until, need)
+        elif not need:
+            self.target.transport.write(data)
+        else:
+            self.held_upstream, self.held_until = [data], need
+            journal.when_durable(self._release_upstream)
+
+    def _release_upstream(self) -> None:
+        if self.held_upstream is None:
+            return
+        if self.journal.synced < self.held_until:  # bytes that arrived meanwhile need the next sync
+            self.journal.when_durable(self._release_upstream)
+            return
+        held, self.held_upstream = self.held_upstream, None
+        if self.target is not None and self.target.transport is not None and not self.target.transport.is_closing():
+            self.target.transport.write(b"".join(held))
 
     def target_lost(self, exc) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -295,8 +338,10 @@ class ClientSide(asyncio.Protocol):
                 body = await self._read_body(request)
                 status, payload = await handle_api(self.gw, request, body)
                 self._respond(status, payload)
-        except BadRequest as exc:
-            self.refuse(exc.status, exc.reason)
+        except BadRequest as exc:  # `who`: the verified identity an API refusal was for (api.py)
+            who = getattr(exc, "who", None)
+            base = who and {"session_id": new_session_id(), "details": {"client": self.peer}, **who}
+            self.refuse(exc.status, exc.reason, base)
         except Exception:  # never let one bad request take anything else down
             log.exception("request handling failed")
             self.refuse(500, "internal error")
@@ -336,7 +381,10 @@ class ClientSide(asyncio.Protocol):
         # first (MySQL's greeting) may send bytes the moment the connection is up. They are
         # held in `server_early` until the client has its 200.
         self.engine = gw.engine_for(conn, identity)
-        self.recorder = SessionRecorder(gw.submit, {k: v for k, v in base.items() if k != "details"}, gw.writer.enqueue)
+        self.journal = gw.writer.journal
+        self.recorder = SessionRecorder(
+            gw.submit, {k: v for k, v in base.items() if k != "details"}, gw.writer.enqueue, self.journal
+        )
         self.target = TargetSide(self)
         loop = asyncio.get_running_loop()
         try:
@@ -387,3 +435,4 @@ class ClientSide(asyncio.Protocol):
             duration_ms=round((time.time() - self.started) * 1000, 3),
             details={"bytes_up": self.bytes_up, "bytes_down": self.bytes_down, "statements": recorder.statements},
         )
+        recorder.forget_session()

@@ -1,5 +1,11 @@
 """gateway.toml: listener, TLS, trusted issuers, audit store, exporters and the registry.
 
+Issuers are ordered: the first is the human IdP. It grants every group its tokens claim unless
+`grants = [...]` narrows it; every other issuer (a CI platform, a machine identity) grants no
+group unless its `grants` lists it, so a token it signs can never claim approver or auditor
+rights. A bare subject in `subjects = [...]` means a subject of the first issuer; a subject of
+another one is written `"<issuer URL>|<sub>"`.
+
 Every problem is reported as a ValueError naming the field, turned into a ConfigError by
 the CLI before the gateway listens.
 """
@@ -27,6 +33,8 @@ class GatewaySettings:
     tls_cert: str = ""
     tls_key: str = ""
     audit_store: str = "hoop-audit.db"
+    durability: str = "process"  # "process" | "power" | "async": see audit/journal.py
+    journal_dir: str = "audit-journal"
     record_params: bool = False
     approver_groups: tuple[str, ...] = ("approvers",)
     auditor_groups: tuple[str, ...] = ("auditors",)
@@ -64,12 +72,16 @@ def settings_from_dict(raw: dict, base_dir: Path | None = None) -> GatewaySettin
         raise ValueError(f"gateway.listen must be host:port, not {listen!r}")
     approval = gw.get("approvals", {})
     export = gw.get("export", {})
+    issuers = _issuers(raw.get("issuers", []))
+    issuer_urls = [i.issuer for i in issuers]
     settings = GatewaySettings(
         listen_host=host.strip("[]"),
         listen_port=int(port),
         tls_cert=_path(gw.get("tls_cert", ""), base_dir),
         tls_key=_path(gw.get("tls_key", ""), base_dir),
         audit_store=_store_url(gw.get("audit_store", "hoop-audit.db"), base_dir),
+        durability=_durability(gw.get("durability", "process")),
+        journal_dir=_path(gw.get("journal_dir", "audit-journal"), base_dir),
         record_params=_bool(gw.get("record_params", False), "gateway.record_params"),
         approver_groups=_strings(approval.get("approver_groups", ["approvers"]), "gateway.approvals.approver_groups"),
         auditor_groups=_strings(gw.get("auditor_groups", ["auditors"]), "gateway.auditor_groups"),
@@ -81,19 +93,33 @@ def settings_from_dict(raw: dict, base_dir: Path | None = None) -> GatewaySettin
         ),
         export_jsonl=str(export.get("jsonl", "")),
         export_webhook=_safe_url(export["webhook"], "gateway.export.webhook") if export.get("webhook") else "",
-        issuers=[_issuer(i, n) for n, i in enumerate(raw.get("issuers", []))],
-        registry=Registry.from_config(raw.get("connections", {})),
+        issuers=issuers,
+        registry=Registry.from_config(raw.get("connections", {}), issuer_urls),
         base_dir=base_dir,
     )
-    if not settings.issuers:
-        raise ValueError("at least one [[issuers]] entry is required (issuer, audiences)")
     return settings
+
+
+def _issuers(entries) -> list[TrustedIssuer]:
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ValueError("issuers must be a list of [[issuers]] tables")
+    issuers = [_issuer(entry, n) for n, entry in enumerate(entries)]
+    if not issuers:
+        raise ValueError("at least one [[issuers]] entry is required (issuer, audiences)")
+    seen = set()
+    for n, trusted in enumerate(issuers):
+        if trusted.issuer in seen:
+            raise ValueError(f"issuers[{n}].issuer {trusted.issuer!r} is listed twice")
+        seen.add(trusted.issuer)
+    return issuers
 
 
 def _issuer(entry: dict, n: int) -> TrustedIssuer:
     if not entry.get("issuer"):
         raise ValueError(f"issuers[{n}].issuer is required")
     _safe_url(entry["issuer"], f"issuers[{n}].issuer")
+    if "|" in entry["issuer"]:
+        raise ValueError(f"issuers[{n}].issuer may not contain \"|\" (it separates issuer and subject)")
     if entry.get("jwks_uri"):
         _safe_url(entry["jwks_uri"], f"issuers[{n}].jwks_uri")
     audiences = entry.get("audiences") or ([entry["audience"]] if entry.get("audience") else [])
@@ -106,7 +132,15 @@ def _issuer(entry: dict, n: int) -> TrustedIssuer:
         groups_claim=entry.get("groups_claim", "groups"),
         ca_file=entry.get("ca_file", ""),
         jwks_uri=entry.get("jwks_uri", ""),
+        grants=_grants(entry, n),
     )
+
+
+def _grants(entry: dict, n: int) -> frozenset[str] | None:
+    """The first issuer (the human IdP) grants all it claims by default; the others nothing."""
+    if "grants" not in entry:
+        return None if n == 0 else frozenset()
+    return frozenset(_strings(entry["grants"], f"issuers[{n}].grants"))
 
 
 def _safe_url(url, where: str) -> str:
@@ -139,6 +173,12 @@ def _bool(value, where: str) -> bool:
 
 def _path(value: str, base: Path) -> str:
     return str((base / value).resolve()) if value else ""
+
+
+def _durability(value) -> str:
+    from hoopcli.gateway.audit.durability import check_level
+
+    return check_level(str(value))
 
 
 def _store_url(value: str, base: Path) -> str:
