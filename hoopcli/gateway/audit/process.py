@@ -7,15 +7,16 @@ exporter to "-" writes). Frames are a 4-byte big-endian length and a pickle; bot
 this module, so nothing else ever writes to either pipe.
 
     gateway → process   {"store": url, "exporters": [...], ...}   once, first
-                        ("batch", [record, ...])                    then, in submit order
+                        ("batch", [record, ...], marker, in_doubt)  then, in submit order
                         ("close",)                                  store the rest, close, exit
     process → gateway   ("stored", count, export_errors)            one per batch, in order
                         ("failed", failures, error)                 each failed append attempt
 
 The process ignores SIGINT/SIGTERM and runs in its own session: the gateway ends it (after
 its last batch) through the pipe; if the gateway dies, end of input does the same. If the
-process dies, the gateway starts another and sends again every batch not yet acknowledged
-(a batch stored just before a crash can then be stored twice: duplicated, never lost).
+process dies, the gateway starts another and sends again every batch not yet acknowledged,
+marked in doubt: the new process looks for each one's marker in the store first and skips a
+batch stored just before the crash (replay.py), so nothing is lost and nothing stored twice.
 """
 
 from __future__ import annotations
@@ -71,7 +72,10 @@ def _picklable(batch: list) -> list[dict]:
 class WriterProcess:
     """The gateway's end: starts the process, sends batches, turns answers into callbacks."""
 
-    def __init__(self, store_url: str, exporter_specs: list[tuple[str, str]], *, initial_backoff=0.05, max_backoff=5.0):
+    def __init__(
+        self, store_url: str, exporter_specs: list[tuple[str, str]], *, initial_backoff=0.05, max_backoff=5.0, keep_fds=()
+    ):
+        self.keep_fds = tuple(keep_fds)  # the journal's lock: held until this process ends too
         self.config = {
             "store": str(store_url),
             "exporters": [tuple(spec) for spec in exporter_specs],
@@ -82,7 +86,7 @@ class WriterProcess:
         # than the pipe), so the pipe has its own lock and answers never wait for it.
         self._send_lock = threading.Lock()
         self._inflight_lock = threading.Lock()
-        self._inflight: deque[list[dict]] = deque()  # sent, not yet acknowledged, oldest first
+        self._inflight: deque[tuple[list, str]] = deque()  # (batch, marker) sent, not acknowledged, oldest first
         self._proc: subprocess.Popen | None = None
         self._closing = False
         self._on_stored: Callable = lambda count, export_errors: None
@@ -104,7 +108,7 @@ class WriterProcess:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "hoopcli.gateway.audit.process", str(answers_w)],
                 stdin=subprocess.PIPE,
-                pass_fds=(answers_w,),
+                pass_fds=(answers_w, *self.keep_fds),
                 start_new_session=True,  # Ctrl-C at the gateway's terminal must not reach it
             )
         finally:
@@ -117,26 +121,26 @@ class WriterProcess:
             unacknowledged = list(self._inflight)
         try:
             write_frame(proc.stdin, self.config)
-            for batch in unacknowledged:
-                self._write(proc, batch)
+            for batch, marker in unacknowledged:
+                self._write(proc, batch, marker, in_doubt=True)
         except (OSError, ValueError):
             pass  # it died already: its reader thread sees that and starts another
 
-    def send(self, batch: list[dict]) -> None:
+    def send(self, batch: list, marker: str | None = None) -> None:
         with self._send_lock:
             with self._inflight_lock:
-                self._inflight.append(batch)
+                self._inflight.append((batch, marker))
             try:
-                self._write(self._proc, batch)
+                self._write(self._proc, batch, marker)
             except (OSError, ValueError):  # ValueError: its pipe was closed by stop()
                 pass  # the process is gone; the batch stays in flight and goes to the next one
 
     @staticmethod
-    def _write(proc: subprocess.Popen, batch: list[dict]) -> None:
+    def _write(proc: subprocess.Popen, batch: list, marker: str | None, in_doubt: bool = False) -> None:
         try:
-            data = pickle.dumps(("batch", batch), protocol=5)
+            data = pickle.dumps(("batch", batch, marker, in_doubt), protocol=5)
         except Exception:
-            data = pickle.dumps(("batch", _picklable(batch)), protocol=5)
+            data = pickle.dumps(("batch", _picklable(batch), marker, in_doubt), protocol=5)
         _write_data(proc.stdin, data)
 
     def stop(self, graceful: bool = True, timeout: float = 30.0) -> None:
@@ -236,8 +240,9 @@ def main(answers_fd: int) -> int:
     )
     try:
         while (message := read_frame(inp)) is not None and message[0] == "batch":
-            stored = storer.store_batch(message[1])
-            write_frame(answers, ("stored", len(stored), storer.export_errors))
+            _, batch, marker, in_doubt = message
+            storer.store_batch(batch, marker, in_doubt)
+            write_frame(answers, ("stored", len(batch), storer.export_errors))
     finally:
         storer.close_exporters()
         store.close()

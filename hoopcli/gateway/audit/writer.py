@@ -27,11 +27,13 @@ import logging
 import random
 import threading
 import time
+import uuid
 from collections import deque
 from typing import Callable, Iterable
 
 from .masking import mask_sql_secrets
 from .record import check, normalize
+from .replay import already_stored, mark, run_of
 from .statements import StatementNormalizer, statement_record
 
 log = logging.getLogger("hoopcli.audit")
@@ -98,13 +100,23 @@ class BatchStorer:
         self.failures = 0  # failed append attempts in a row
         self.export_errors = 0
         self._append = getattr(store, "append_normalized", store.append)
+        self._clear_runs: set[str] = set()  # runs whose first in-doubt batch was not stored
 
-    def store_batch(self, records: list[dict]) -> list[dict] | None:
-        """The stored records, or None when abandoned before the store took them."""
+    def store_batch(self, records: list, marker: str | None = None, in_doubt: bool = False) -> list[dict] | None:
+        """The records stored now ([] when an in-doubt batch was stored already), or None when
+        abandoned before the store took them. `marker` goes into the last record's details
+        (replay.py): a batch in doubt is looked for by it first, so it is stored exactly once."""
+        if marker is not None:
+            records = [*records[:-1], mark(records[-1], marker)]
         statements = StatementNormalizer(mask_sql_secrets)
         batch = [prepare(r, statements) for r in records]
         while True:
             try:
+                if in_doubt and marker is not None and run_of(marker) not in self._clear_runs:
+                    if already_stored(self.store, batch[-1], marker):
+                        log.warning("audit writer: batch %s was stored before the restart; not stored again", marker)
+                        return []
+                    self._clear_runs.add(run_of(marker))  # the store holds a prefix: none after it either
                 stored = self._append(batch)
             except Exception as exc:
                 self.failures += 1
@@ -145,6 +157,7 @@ class AuditWriter:
         interval: float = 0.05,
         initial_backoff: float = 0.05,
         max_backoff: float = 5.0,
+        journal=None,
         _process=None,
     ):
         self.store = store  # not owned: the caller closes it after close()
@@ -168,6 +181,9 @@ class AuditWriter:
         self.lost = 0  # records still queued when close() gave up
         self._storer = None
         self._process = _process
+        self.journal = journal  # audit/journal.py: every record appended before the store sees it
+        self.run = journal.run if journal is not None else uuid.uuid4().hex[:16]  # batch markers (replay.py)
+        self._taken = 0  # tickets taken into batches
         if _process is None:
             self._storer = BatchStorer(
                 store, exporters, initial_backoff=initial_backoff, max_backoff=max_backoff,
@@ -184,7 +200,9 @@ class AuditWriter:
         from .process import WriterProcess
 
         backoff = {k: options[k] for k in ("initial_backoff", "max_backoff") if k in options}
-        return cls(_process=WriterProcess(store_url, list(exporter_specs), **backoff), **options)
+        journal = options.get("journal")
+        keep = () if journal is None else (journal.lock_fd,)
+        return cls(_process=WriterProcess(store_url, list(exporter_specs), keep_fds=keep, **backoff), **options)
 
     # ---- hot path ---------------------------------------------------------------------
 
@@ -196,9 +214,10 @@ class AuditWriter:
             record["ts"] = time.time()  # when it happened; formatted off the hot path
         return self.enqueue(record)
 
-    def enqueue(self, record: dict | tuple) -> int:
+    def enqueue(self, record: dict | tuple, start_id: int = 0) -> int:
         """submit() without the checks and the copy, for a record its caller built afresh from
-        known fields with `ts` set, or a statement tuple (record.py) of a checked session."""
+        known fields with `ts` set, or a statement tuple (record.py) of a checked session
+        (`start_id`: its start in the journal, which this record completes)."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("the audit writer is closed")
@@ -206,6 +225,8 @@ class AuditWriter:
                 self._progress_at = time.monotonic()  # the clock for a stall starts now
             self._submitted += 1
             ticket = self._submitted
+            if self.journal is not None:
+                self.journal.completed(ticket, record, start_id)
             self._queue.append(record)
         if len(self._queue) >= self.batch_size:
             self._wake.set()
@@ -279,6 +300,8 @@ class AuditWriter:
             self._storer.close_exporters()
         elif not killed:
             self._process.stop(graceful=True)
+        if self.journal is not None:
+            self.journal.close(everything_stored=ok and self.pending == 0)
         return ok
 
     def __enter__(self):
@@ -297,6 +320,8 @@ class AuditWriter:
         with self._cond:
             self._stored += count
             self._cond.notify_all()
+        if self.journal is not None:
+            self.journal.trim(self._stored)
 
     def _failed(self, failures: int, error: str) -> None:
         self.failures = failures
@@ -306,12 +331,18 @@ class AuditWriter:
 
     # ---- the writer thread --------------------------------------------------------------
 
-    def _take(self) -> list[dict]:
+    def _take(self) -> tuple[list, str | None]:
+        """A batch and its marker; its records are in the journal before it goes anywhere."""
         batch = []
         queue = self._queue
         while queue and len(batch) < self.batch_size:
             batch.append(queue.popleft())
-        return batch
+        if not batch:
+            return batch, None
+        self._taken += len(batch)
+        if self.journal is not None:
+            self.journal.batch_taken(self._taken)
+        return batch, f"{self.run}:{self._taken}"
 
     def _run(self) -> None:
         try:
@@ -325,7 +356,7 @@ class AuditWriter:
             if len(self._queue) < self.batch_size and not urgent and not self._abandon.is_set():
                 self._wake.wait(self.interval)
             self._wake.clear()
-            batch = self._take()
+            batch, marker = self._take()
             if not batch:
                 if self._abandon.is_set():
                     return
@@ -335,9 +366,9 @@ class AuditWriter:
             if self._process is not None:
                 if self._abandon.is_set():  # close() gave up on the process: these are lost
                     return
-                self._process.send(batch)
+                self._process.send(batch, marker)
                 continue
-            stored = self._storer.store_batch(batch)
+            stored = self._storer.store_batch(batch, marker)
             if stored is None:  # abandoned by close()
                 return
-            self._stored_batch(len(stored))
+            self._stored_batch(len(batch))
