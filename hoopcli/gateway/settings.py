@@ -34,7 +34,7 @@ class GatewaySettings:
     tls_key: str = ""
     audit_store: str = "hoop-audit.db"
     durability: str = "process"  # "process" | "power" | "async": see audit/journal.py
-    journal_dir: str = "audit-journal"
+    journal_dir: str = ""  # "": beside a SQLite store, else ./audit-journal (audit/durability.py)
     record_params: bool = False
     approver_groups: tuple[str, ...] = ("approvers",)
     auditor_groups: tuple[str, ...] = ("auditors",)
@@ -81,7 +81,7 @@ def settings_from_dict(raw: dict, base_dir: Path | None = None) -> GatewaySettin
         tls_key=_path(gw.get("tls_key", ""), base_dir),
         audit_store=_store_url(gw.get("audit_store", "hoop-audit.db"), base_dir),
         durability=_durability(gw.get("durability", "process")),
-        journal_dir=_path(gw.get("journal_dir", "audit-journal"), base_dir),
+        journal_dir=_path(gw.get("journal_dir", ""), base_dir),
         record_params=_bool(gw.get("record_params", False), "gateway.record_params"),
         approver_groups=_strings(approval.get("approver_groups", ["approvers"]), "gateway.approvals.approver_groups"),
         auditor_groups=_strings(gw.get("auditor_groups", ["auditors"]), "gateway.auditor_groups"),
