@@ -42,15 +42,13 @@ def test_password_in_a_statement_never_reaches_the_trail(gateway, as_user, pg_se
     run_subprocess(["exec", "app-db", "--", "psql", "-X", "-c", "ALTER ROLE postgres PASSWORD 'canary-masked-77'"], env)
     records = [r for r in gateway.records(sub="alice") if "ALTER ROLE postgres" in (r["statement"] or "")]
     assert records and all("canary-masked-77" not in r["statement"] for r in records)
-    import glob
-
-    for path in glob.glob(gateway.audit_store + "*") + [gateway.jsonl]:  # the db, its WAL, the export
+    for path in _trail_files(gateway):  # the db, its WAL and journal, the export
         assert b"canary-masked-77" not in open(path, "rb").read(), path
 
 
 # ---- end to end: the trail, the export and the approvers' view ---------------------------------
 
-import glob
+import glob  # noqa: E402
 import json
 import secrets
 import ssl
@@ -75,11 +73,25 @@ def _assert_nowhere(gateway, tag: str, secret: str, expected: int) -> list[dict]
     secret is in the store's files (database, WAL) or the export."""
     records = _wait_for(lambda: len(found := [r for r in gateway.records() if tag in (r.get("statement") or "")]) >= expected and found)
     _wait_for(lambda: open(gateway.jsonl, "rb").read().count(tag.encode()) >= expected)
-    for path in glob.glob(gateway.audit_store + "*") + [gateway.jsonl]:
+    for path in _trail_files(gateway):
         data = open(path, "rb").read()
         for fragment in fragments(secret):
             assert fragment.encode() not in data, (path, fragment)
     return records
+
+
+def _trail_files(gateway) -> list[str]:
+    """The store, its WAL and journal (a directory of segments, when durability keeps one), and
+    the JSONL export: every file the gateway writes a statement to."""
+    import os
+
+    found = [gateway.jsonl]
+    for path in glob.glob(gateway.audit_store + "*"):
+        if os.path.isdir(path):
+            found += [os.path.join(d, f) for d, _, files in os.walk(path) for f in files]
+        else:
+            found.append(path)
+    return found
 
 
 def _approvals_seen_by(gateway, token: str) -> bytes:
