@@ -29,9 +29,10 @@ def list_records(store: str | None, api_factory, **filters) -> list[dict]:
 
 
 def published_heads(heads: list[str] = (), head_files: list[str] = ()) -> list:
-    """ChainHeads from `--head SEQ:HASH` values and the newest of each `--head-from` export."""
+    """ChainHeads from `--head SEQ:HASH` values and each `--head-from` export (its newest,
+    and any it vouched for before its seq went back)."""
     from hoopcli.gateway.audit.chain import ChainHead
-    from hoopcli.gateway.audit.export import newest_head
+    from hoopcli.gateway.audit.export import export_heads
 
     found = []
     for text in heads:
@@ -41,12 +42,12 @@ def published_heads(heads: list[str] = (), head_files: list[str] = ()) -> list:
             raise UsageError(f"--head: {exc}", "Give the seq and hash of a published head: --head 1042:3fa9….") from None
     for path in head_files:
         try:
-            head = newest_head(path)
+            heads_of_file = export_heads(path)
         except OSError as exc:
             raise NotFound(f"cannot read the export {path}: {exc.strerror}", "Give the JSONL export the gateway writes (gateway.export.jsonl).") from None
-        if head is None:
+        if not heads_of_file:
             raise UsageError(f"{path} holds no chain head and no record", "Give the JSONL export the gateway writes (gateway.export.jsonl).")
-        found.append(head)
+        found += heads_of_file
     return found
 
 

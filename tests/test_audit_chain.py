@@ -144,3 +144,156 @@ def test_fast_paths_encode_exactly_what_json_dumps_would(texts, details, duratio
     row = to_row(dict(record, seq=1, prev_hash="0" * 64, hash="f" * 64))
     stored_details = row[list(record).index("details")]
     assert stored_details == (None if record["details"] is None else json.dumps(record["details"], sort_keys=True, ensure_ascii=False))
+
+
+# ---- published chain heads ----------------------------------------------------------------
+
+
+def test_a_chain_head_is_parsed_from_seq_colon_hash_and_refused_otherwise():
+    from hoopcli.gateway.audit.chain import ChainHead
+
+    digest = "ab" * 32
+    assert ChainHead.parse(f"42:{digest.upper()}") == ChainHead(42, digest)
+    for bad in ("42", f"x:{digest}", f"0:{digest}", "42:abc", f"-1:{digest}", f"42:{'zz' * 32}"):
+        with pytest.raises(ValueError):
+            ChainHead.parse(bad)
+
+
+def test_a_published_head_catches_records_deleted_from_the_end():
+    from hoopcli.gateway.audit.chain import ChainHead
+
+    chain = _chain(10)
+    head = ChainHead(10, chain[-1]["hash"])
+    assert verify_records(chain, heads=[head]).ok
+    assert verify_records(chain[:7]).ok  # without the head, a cut tail looks like a short trail
+    report = verify_records(chain[:7], heads=[head])
+    assert not report.ok
+    assert report.problems == [
+        "seq 8..10 missing: the published head is seq 10 but the store ends at seq 7 (records deleted from the end of the trail)"
+    ]
+    assert verify_records(chain[:9], heads=[head]).problems[0].startswith("seq 10 missing: the published head is seq 10")
+    assert verify_records([], heads=[head]).problems[0].startswith("seq 1..10 missing: the published head is seq 10 but the store is empty")
+
+
+def test_a_published_head_catches_a_tail_rewritten_after_a_cut():
+    """Cut the tail, then let the store append again: the seqs come back, the hashes do not."""
+    from hoopcli.gateway.audit.chain import ChainHead
+
+    chain = _chain(10)
+    head = ChainHead(10, chain[-1]["hash"])
+    regrown = chain[:6] + link([normalize(new_record("statement", sub="mallory", statement=f"select {i}")) for i in range(6)], 6, chain[5]["hash"])
+    assert verify_records(regrown).ok
+    problems = verify_records(regrown, heads=[head]).problems
+    assert len(problems) == 1 and problems[0].startswith("seq 10: hash differs from the published head 10:")
+
+
+def test_an_older_head_still_in_the_store_verifies():
+    from hoopcli.gateway.audit.chain import ChainHead
+
+    chain = _chain(10)
+    report = verify_records(chain, heads=[ChainHead(4, chain[3]["hash"])])
+    assert report.ok and report.last_seq == 10
+
+
+def _exported(tmp_path, **publisher):
+    from hoopcli.gateway.audit.export import JsonLinesExporter
+
+    path = tmp_path / "export.jsonl"
+    return path, JsonLinesExporter(path, heads=publisher or True)
+
+
+def _head_lines(path) -> list[dict]:
+    return [json.loads(line)["chain_head"] for line in path.read_text().splitlines() if '"chain_head"' in line]
+
+
+def test_the_jsonl_export_publishes_a_head_every_n_records_and_at_close(tmp_path):
+    from hoopcli.gateway.audit.export import newest_head, read_jsonl
+
+    chain = _chain(25)
+    path, exporter = _exported(tmp_path, every_records=10, every_seconds=3600)
+    for start in range(0, 25, 5):
+        exporter.export(chain[start : start + 5])
+    assert [h["seq"] for h in _head_lines(path)] == [10, 20]
+    exporter.close()
+    heads = _head_lines(path)
+    assert [(h["seq"], h["hash"]) for h in heads] == [(10, chain[9]["hash"]), (20, chain[19]["hash"]), (25, chain[24]["hash"])]
+    assert all(h["ts"].endswith("Z") for h in heads)
+    assert list(read_jsonl(path)) == chain  # records only: head lines left out
+    assert newest_head(path).seq == 25
+
+
+def test_an_idle_export_publishes_its_head_within_the_interval(tmp_path):
+    import time
+
+    chain = _chain(3)
+    path, exporter = _exported(tmp_path, every_records=1000, every_seconds=0.2)
+    exporter.export(chain)
+    assert _head_lines(path) == []
+    deadline = time.monotonic() + 5
+    while not _head_lines(path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [h["seq"] for h in _head_lines(path)] == [3]  # no new record: no second head
+    exporter.close()
+    assert [h["seq"] for h in _head_lines(path)] == [3]
+
+
+def test_newest_head_takes_the_highest_seq_and_passes_over_a_torn_line(tmp_path):
+    from hoopcli.gateway.audit.export import newest_head
+
+    chain = _chain(4)
+    path = tmp_path / "export.jsonl"
+    lines = [json.dumps(r) for r in chain[:3]] + [json.dumps({"chain_head": {"seq": 2, "hash": chain[1]["hash"]}})]
+    path.write_text("\n".join(lines) + "\n" + json.dumps(chain[3])[:40])
+    head = newest_head(path)
+    assert (head.seq, head.hash) == (3, chain[2]["hash"])
+
+
+def test_the_webhook_publishes_the_head_as_an_element_of_a_post(tmp_path):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from hoopcli.gateway.audit.export import WebhookExporter
+
+    posts: list = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            posts.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        chain = _chain(3)
+        hook = WebhookExporter(f"http://127.0.0.1:{server.server_port}/", heads={"every_seconds": 3600})
+        hook.export(chain)
+        hook.close(timeout=10)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert posts[0] == chain
+    assert [p[0]["chain_head"]["seq"] for p in posts[1:]] == [3]
+    assert posts[1][0]["chain_head"]["hash"] == chain[-1]["hash"]
+    assert hook.delivered == 3 and hook.dropped == 0
+
+
+def test_an_export_that_went_back_keeps_the_head_before_the_cut(tmp_path):
+    """The store was cut to seq 6 and grew again: the export's newest head matches the regrown
+    store, but the one before its seq went back does not."""
+    from hoopcli.gateway.audit.export import export_heads
+
+    chain = _chain(10)
+    regrown = chain[:6] + link([normalize(new_record("statement", sub="mallory", statement=f"x {i}")) for i in range(6)], 6, chain[5]["hash"])
+    path, exporter = _exported(tmp_path, every_records=5, every_seconds=3600)
+    exporter.export(chain)
+    exporter.export(regrown[6:])
+    exporter.close()
+    heads = export_heads(path)
+    assert [(h.seq, h.hash) for h in heads] == [(10, chain[9]["hash"]), (12, regrown[11]["hash"])]
+    assert verify_records(regrown, heads=heads[-1:]).ok  # the newest alone is fooled
+    assert not verify_records(regrown, heads=heads).ok

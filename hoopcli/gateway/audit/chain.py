@@ -187,8 +187,10 @@ def verify_records(records: Iterable[dict], *, from_genesis: bool = True, heads:
     record's seq and prev_hash are taken on trust. Each of `heads` (published outside the
     store) must be matched by the record at its seq: a store that ends before it was cut.
     """
-    heads = tuple(heads)
-    expected = {head.seq: head for head in heads}
+    heads = tuple(dict.fromkeys(heads))
+    expected: dict[int, list[ChainHead]] = {}
+    for head in heads:
+        expected.setdefault(head.seq, []).append(head)
     matched: set[int] = set()
     problems: list[str] = []
     checked = 0
@@ -218,14 +220,14 @@ def verify_records(records: Iterable[dict], *, from_genesis: bool = True, heads:
                 f"seq {seq}: prev_hash does not match the hash of seq {prev_seq}, "
                 f"a record was replaced, inserted or moved"
             )
-        head = expected.get(seq)
-        if head is not None and seq not in matched:
+        if seq in expected and seq not in matched:
             matched.add(seq)
-            if record.get("hash") != head.hash:
-                problems.append(
-                    f"seq {seq}: hash differs from the published head {head.seq}:{head.hash[:12]}…, "
-                    f"the trail was rewritten at or before seq {seq}"
-                )
+            for head in expected[seq]:
+                if record.get("hash") != head.hash:
+                    problems.append(
+                        f"seq {seq}: hash differs from the published head {head.seq}:{head.hash[:12]}…, "
+                        f"the trail was rewritten at or before seq {seq}"
+                    )
         prev_seq, prev_hash = seq, record.get("hash")
     problems += _heads_not_reached(heads, matched, prev_seq)
     return VerifyReport(not problems, checked, problems, prev_seq, prev_hash, heads)
@@ -235,7 +237,8 @@ def _heads_not_reached(heads: tuple[ChainHead, ...], matched: set[int], last_seq
     """A published head whose seq the walk never met: the tail after the store's last record
     was cut (the missing range named), or that very record is gone from the middle."""
     problems = []
-    for head in sorted(set(heads), key=lambda h: h.seq):
+    for seq in sorted({head.seq for head in heads}):
+        head = next(h for h in heads if h.seq == seq)
         if head.seq in matched:
             continue
         if last_seq is None or last_seq < head.seq:

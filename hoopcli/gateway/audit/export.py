@@ -10,7 +10,7 @@ of the JSONL file, an element of a webhook POST. It does so once `HEAD_EVERY_REC
 or `HEAD_EVERY_SECONDS` seconds have passed since a record it has not yet covered, and at
 close. `hoop audit verify --head-from FILE` checks a store against the newest one, so records
 deleted from the end of the store after their head left the box are found. `read_jsonl` skips
-head lines; `newest_head` reads them.
+head lines; `export_heads` reads them.
 """
 
 from __future__ import annotations
@@ -56,16 +56,27 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
 
 
 def newest_head(path: str | os.PathLike) -> ChainHead | None:
-    """The newest chain position an export vouches for: the highest seq among its head lines
-    and its records (each exported record is a published (seq, hash) too). A torn last line
-    (the writer killed mid-write) is passed over."""
-    newest: ChainHead | None = None
+    """The highest chain position an export vouches for (see export_heads)."""
+    return max(export_heads(path), key=lambda head: head.seq, default=None)
+
+
+def export_heads(path: str | os.PathLike) -> list[ChainHead]:
+    """The chain positions an export vouches for: each head line and each record is a
+    published (seq, hash), and in one export seq only grows. Returned: the last position of
+    every run where it grew — the newest, and each one after which seq went back (the store was
+    cut and grew again: that older head no longer matches the store). A torn last line (the
+    writer killed mid-write) is passed over."""
+    peaks: list[ChainHead] = []
+    last: ChainHead | None = None
     with open(path, encoding="utf-8", errors="replace") as fh:
         for line in fh:
             head = _head_of_line(line)
-            if head is not None and (newest is None or head.seq > newest.seq):
-                newest = head
-    return newest
+            if head is None:
+                continue
+            if last is not None and head.seq <= last.seq and head != last:
+                peaks.append(last)
+            last = head
+    return peaks + ([last] if last is not None else [])
 
 
 def _head_of_line(line: str) -> ChainHead | None:
