@@ -60,6 +60,7 @@ audiences = ["hoop-cli"]
 [[issuers]]
 issuer = "{issuer.url}"
 audiences = ["hoop-cli"]
+grants = ["dba"]  # a second issuer grants no group unless listed (test_security_identity.py)
 
 [connections.app-db]
 protocol = "postgres"
