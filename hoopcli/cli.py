@@ -54,8 +54,10 @@ def root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     from hoopcli import logs
+    from hoopcli.errors import use_profile
 
     state.profile = profile
+    use_profile(profile)  # hints name it
     logs.setup(debug)
 
 

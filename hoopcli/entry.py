@@ -45,9 +45,11 @@ def _plain_exec(name: str, child_args: list[str]) -> int:
     try:
         logs.setup(False)
         from hoopcli.config import load_profile
+        from hoopcli.errors import use_profile
         from hoopcli.launch import exec_through_gateway
 
-        profile = load_profile(os.environ.get("HOOP_PROFILE") or None)  # as typer reads --profile's envvar
+        use_profile(os.environ.get("HOOP_PROFILE"))  # as typer reads --profile's envvar
+        profile = load_profile(os.environ.get("HOOP_PROFILE") or None)
         return exec_through_gateway(profile, name, child_args)
     except (KeyboardInterrupt, Exception) as exc:
         return report(exc, as_json=False)

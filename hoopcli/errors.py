@@ -7,6 +7,7 @@ entry.py's typer-free `hoop exec`), so no command prints a traceback.
 
 from __future__ import annotations
 
+import re
 from enum import IntEnum
 
 
@@ -100,6 +101,37 @@ class Interrupted(HoopError):
     exit_code = ExitCode.INTERRUPTED
 
 
+# The profile this command runs with (--profile or HOOP_PROFILE), set once by the entry points.
+_profile_in_use: str | None = None
+# Commands that use no profile: a hint naming them gets no --profile.
+_NO_PROFILE = re.compile(r"`hoop (?!--profile |-p |dev\b|agent\b|gateway\b|--version|--help)")
+
+
+def use_profile(name: str | None) -> None:
+    global _profile_in_use
+    _profile_in_use = name or None
+
+
+def with_profile(text: str, profile: str | None) -> str:
+    """Every `hoop …` command in `text` with `--profile NAME` in it, so a hint works as
+    printed, also when pasted into another terminal (not for the default profile)."""
+    if not text or not profile or profile == "default":
+        return text
+    return _NO_PROFILE.sub(f"`hoop --profile {profile} ", text)
+
+
+def hint_for(exc: HoopError) -> str:
+    """The hint as shown: naming the profile in use, and pointing at a running `hoop dev`
+    when the default profile is not set up (its profiles are the ones that work then)."""
+    hint = exc.hint
+    if _profile_in_use in (None, "default") and isinstance(exc, (NotLoggedIn, ConfigError)):
+        from hoopcli.dev.profiles import PROFILE, dev_is_running
+
+        if dev_is_running():
+            hint = f"{hint} `hoop dev` is running: use `hoop --profile {PROFILE} …`, or `export HOOP_PROFILE={PROFILE}` first.".strip()
+    return with_profile(hint, _profile_in_use)
+
+
 def render(exc: HoopError, as_json: bool) -> None:
     """The one way a failure reaches the user: what happened and what to do on stderr (secrets
     redacted), and with --json also as the last JSON line on stdout."""
@@ -107,13 +139,14 @@ def render(exc: HoopError, as_json: bool) -> None:
 
     from hoopcli.logs import redact
 
+    hint = hint_for(exc)
     sys.stderr.write(f"hoop: error: {redact(exc.message)}\n")
-    if exc.hint:
-        sys.stderr.write(f"hoop: hint: {exc.hint}\n")
+    if hint:
+        sys.stderr.write(f"hoop: hint: {hint}\n")
     if as_json:
         from hoopcli.output import emit_json
 
-        emit_json({"event": "error", **exc.to_json(), "error": redact(exc.message)})
+        emit_json({"event": "error", **exc.to_json(), "hint": hint, "error": redact(exc.message)})
 
 
 def report(exc: BaseException, as_json: bool) -> int:

@@ -78,6 +78,22 @@ def with_mysql_identity(argv: list[str], creds: Credentials, database: str) -> l
     return [argv[0], *extra, *rest]
 
 
+def terminal_sent_it_too(signum: int) -> bool:
+    """Ctrl-C in a terminal goes to its whole foreground process group, and the child is in
+    hoop's group: when that group is in the foreground, the child has its own SIGINT already,
+    and a second one makes psql send two cancel requests. (A `kill -INT` of hoop from elsewhere
+    while it is in the foreground looks the same and is then not passed on; SIGTERM and SIGHUP
+    always are.)"""
+    if signum != signal.SIGINT:
+        return False
+    for fd in (0, 1, 2):
+        try:
+            return os.tcgetpgrp(fd) == os.getpgrp()
+        except OSError:  # not a terminal: try the next stream
+            continue
+    return False
+
+
 def run_child(argv: list[str], env: dict[str, str], capture: bool = False) -> tuple[int, str, str]:
     """Run the command, forwarding SIGINT/SIGTERM/SIGHUP; return its exit code (128+N for a
     death by signal N, as a shell would) and, with capture, its stdout and stderr."""
@@ -91,6 +107,8 @@ def run_child(argv: list[str], env: dict[str, str], capture: bool = False) -> tu
     def forward(signum, _frame):
         if child is None:
             pending.append(signum)  # arrived while the child was being started
+            return
+        if terminal_sent_it_too(signum):
             return
         try:
             child.send_signal(signum)
@@ -149,8 +167,26 @@ def exec_through_gateway(profile, name: str, child_args: list[str], *, command: 
     code = tunnel_events.exit_code_for(code)
     if command is not None:
         code = gateway_verdict_code(code, err)
+        if code == ExitCode.APPROVAL_PENDING:
+            err = held_hint(err, profile.name)
         _show_statement_result(name, code, out, err, json_out)
     return code
+
+
+_APPROVER_RUNS = "An approver runs: hoop approvals approve "
+
+
+def held_hint(err: str, profile: str) -> str:
+    """The gateway cannot know the client's profile: name the one an approver uses here in its
+    command, and end with what the requester does next, so that is the last line printed."""
+    from hoopcli.dev.profiles import approver_profile_for
+    from hoopcli.errors import with_profile
+
+    approver = approver_profile_for(profile)
+    if approver and approver != "default":
+        err = err.replace(_APPROVER_RUNS, f"An approver runs: hoop --profile {approver} approvals approve ")
+    again = with_profile("`hoop exec`", profile).strip("`")
+    return err.rstrip("\n") + f"\nhoop: hint: once it is approved, run the same statement again with {again} (it runs once).\n"
 
 
 def _show_statement_result(name: str, code: int, out: str, err: str, json_out: bool) -> None:

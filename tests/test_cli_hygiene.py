@@ -393,3 +393,40 @@ def test_plain_exec_fails_exactly_as_the_typer_path_does_without_loading_typer(t
     assert (fast.returncode, fast.stdout, fast_err) == (typer_path.returncode, typer_path.stdout, typer_path.stderr)
     assert fast.returncode != 0 and fast_err.startswith("hoop: error: ") and "hoop: hint: " in fast_err
     assert "Traceback" not in fast_err and fast.stdout == ""
+
+
+# ---- hints name the profile in use (issue 18) -------------------------------------------------
+
+
+def test_hints_carry_the_profile_in_use():
+    from hoopcli import errors
+
+    hint = "Run `hoop login` (in another terminal), then `hoop -p x whoami`; `hoop dev --demo` and `hoop agent` need none."
+    assert errors.with_profile(hint, "default") == hint
+    assert errors.with_profile(hint, None) == hint
+    assert errors.with_profile(hint, "prod") == (
+        "Run `hoop --profile prod login` (in another terminal), then `hoop -p x whoami`; `hoop dev --demo` and `hoop agent` need none."
+    )
+
+
+def test_a_rendered_hint_names_the_profile(capsys, monkeypatch):
+    from hoopcli import errors
+
+    monkeypatch.setattr(errors, "_profile_in_use", None)
+    errors.use_profile("staging")
+    errors.render(errors.NotLoggedIn("not logged in (profile 'staging', keyring)"), as_json=True)
+    err = capsys.readouterr()
+    assert "hoop: hint: Run `hoop --profile staging login`" in err.err
+    assert '"hint": "Run `hoop --profile staging login`' in err.out
+
+
+def test_the_held_hint_names_the_approvers_profile_and_ends_the_output():
+    from hoopcli.launch import held_hint
+
+    gateway = "ERROR:  hoop: statement held for approval (request ab12). An approver runs: hoop approvals approve ab12\nDETAIL:  hoop request ab12\n"
+    for profile, approver, again in (("dev", "--profile dev-approver ", "hoop --profile dev exec"),
+                                     ("prod", "--profile prod ", "hoop --profile prod exec"),
+                                     ("default", "", "hoop exec")):
+        shown = held_hint(gateway, profile)
+        assert f"An approver runs: hoop {approver}approvals approve ab12" in shown
+        assert shown.splitlines()[-1] == f"hoop: hint: once it is approved, run the same statement again with {again} (it runs once)."

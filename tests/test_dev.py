@@ -127,6 +127,51 @@ def test_html_form_approve_as_a_browser_would(issuer):
     assert poll(issuer, code["device_code"]).json()["error"] == "invalid_grant"
 
 
+def _preselected(page: str) -> str:
+    return re.search(r"<option value=([\w-]+) selected>", page).group(1)
+
+
+def test_sign_in_page_offers_the_requester_first_and_dev_admin_only_to_the_approver_client():
+    """dev-admin is the only approver: pre-selected for everyone, what it runs could never be
+    approved (nobody approves their own). It is offered first only on the approver client's codes."""
+    with DevIssuer(approver_client_id="hoop-dev-approver") as iss:
+        mine = start_code(iss)
+        theirs = post(iss, "/device/code", client_id="hoop-dev-approver", scope=SCOPES).json()
+        assert _preselected(requests.get(mine["verification_uri_complete"], timeout=10).text) == "dev-user"
+        assert _preselected(requests.get(iss.url + "/device", timeout=10).text) == "dev-user"
+        assert _preselected(requests.get(theirs["verification_uri_complete"], timeout=10).text) == "dev-admin"
+        # The choice stays the person's: the requester's code can still be signed in as anyone listed.
+        assert approve_in_browser(iss, mine["verification_uri_complete"], "dev-agent").status_code == 200
+
+
+def test_auto_approve_signs_each_client_in_as_its_own_identity():
+    with DevIssuer(auto_approve=True, approver_client_id="hoop-dev-approver") as iss:
+        subs = {}
+        for client in ("hoop-cli", "hoop-dev-approver"):
+            provider = Provider(iss.url, client)
+            body = provider.poll_device_flow(provider.start_device_flow(SCOPES))
+            subs[client] = provider.validate_id_token(body["id_token"])["sub"]
+        assert subs == {"hoop-cli": "dev-user", "hoop-dev-approver": "dev-admin"}
+        assert post(iss, "/device/code", client_id="someone-else", scope=SCOPES).status_code == 401
+
+
+def test_one_hoop_dev_owns_the_dev_profiles_at_a_time(tmp_path, monkeypatch):
+    from hoopcli.dev.profiles import ProfilesLock, dev_is_running
+    from hoopcli.errors import ConfigError
+
+    monkeypatch.setenv("HOOP_CONFIG_DIR", str(tmp_path))
+    assert not dev_is_running() and not (tmp_path / "dev.lock").exists()  # asking creates nothing
+    first = ProfilesLock().acquire()
+    try:
+        assert dev_is_running()
+        with pytest.raises(ConfigError, match=r"another `hoop dev` \(pid \d+\) is running"):
+            ProfilesLock().acquire()
+    finally:
+        first.release()
+    assert not dev_is_running()
+    ProfilesLock().acquire().release()  # free again once the first let go
+
+
 def test_html_form_deny_and_stale_forms(issuer):
     code = start_code(issuer)
     # A form without its one-time nonce (a cross-site POST) changes nothing.
@@ -245,10 +290,19 @@ def test_demo_runs_the_whole_loop_unattended(tmp_path):
         recorded = {(r["statement"], r["kind"]): r for r in summary["statements"]}
         assert recorded[("select id, name, email from customers order by id", "statement")]["tag"] == "SELECT 3"
         assert recorded[("insert into customers (name, email) values ('Katherine Johnson', 'katherine@example.com')", "statement")]["tag"] == "INSERT 0 1"
-        assert recorded[("drop table customers", "statement")]["outcome"] == "held"
+        drops = [r for r in summary["statements"] if r["statement"] == "drop table customers" and r["kind"] == "statement"]
+        assert [r["outcome"] for r in drops] == ["held", "ok"]  # held first; after the approval it ran
         assert recorded[("drop table customers", "approval_request")]["outcome"] == "pending"
-        assert summary["held"]["outcome"] == "held" and summary["held"]["table_still_exists"]
-        assert summary["held"]["exit_code"] != 0
+        held = summary["held"]
+        assert held["outcome"] == "held" and held["table_still_exists"] and held["exit_code"] == 5
+        # The loop closes: the requester could not approve, a second identity did, the re-run ran.
+        steps = {s["name"]: s for s in summary["steps"]}
+        assert steps["requester_cannot_approve"]["exit_code"] == 4
+        assert held["approved_by"] == "dev-admin" and held["ran_after_approval"]
+        assert steps["recorded_approval"]["ok"] and steps["recorded_drop_ran"]["ok"]
+        # Every command is echoed as a person would type it, with the profile it used.
+        assert summary["commands"] and all(c.startswith(("hoop --profile dev ", "hoop --profile dev-approver ")) for c in summary["commands"])
+        assert f"hoop --profile dev-approver approvals approve {held['request_id']} --reason 'hoop dev --demo'" in summary["commands"]
     else:
         assert [s["name"] for s in summary["steps"]][:2] == ["login", "echo"]
     # Nothing secret anywhere: not in the output, not in any file the run left behind, and
@@ -284,16 +338,34 @@ def test_dev_serves_until_ctrl_c_then_cleans_up(tmp_path):
         ready = _read_json_line(proc, 45)
         assert ready and ready["event"] == "ready", proc.stderr.read() if proc.poll() is not None else "no ready event"
         assert ready["gateway"].startswith("https://127.0.0.1:") and ready["issuer"].startswith("http://127.0.0.1:")
-        assert "hoop --profile dev login" in ready["commands"]
-        config = (home / ".config" / "hoop" / "config.toml").read_text()
+        assert any(c.startswith("hoop --profile dev login") for c in ready["commands"])
+        assert any(c.startswith("hoop --profile dev-approver approvals approve ID") for c in ready["commands"])
+        config_file = home / ".config" / "hoop" / "config.toml"
+        config = config_file.read_text()
         assert ready["issuer"] in config and ready["ca_file"] in config
+        assert "[profiles.dev-approver]" in config and 'client_id = "hoop-dev-approver"' in config
+        # A second `hoop dev` does not take the profiles over: it stops before starting anything.
+        second = subprocess.run(HOOP + ["dev", "--json"], env=env, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+        assert second.returncode == 8 and "another `hoop dev`" in second.stderr, second.stderr
+        assert config_file.read_text() == config
         provider = Provider(ready["issuer"], "hoop-cli")
         token = provider.token_set(provider.poll_device_flow(provider.start_device_flow(SCOPES))).id_token
+        # Without --profile, the error about the (empty) default profile points at `hoop dev`'s.
+        bare = subprocess.run(HOOP + ["connections"], env={**env, "HOOP_TOKEN": token}, capture_output=True, text=True, timeout=30)
+        assert bare.returncode == 8 and "`hoop --profile dev …`" in bare.stderr and "export HOOP_PROFILE=dev" in bare.stderr, bare.stderr
         sql = "select count(*) from customers" if ready["protocol"] == "postgres" else None
         if sql:
             done = subprocess.run(HOOP + ["--profile", "dev", "exec", ready["connection"], "-c", sql],
                                   env={**env, "HOOP_TOKEN": token}, capture_output=True, text=True, timeout=60)
             assert done.returncode == 0 and "3" in done.stdout, done.stderr
+            # Held: the approver's command names the approver's profile, and what to do next is
+            # the last line printed.
+            held = subprocess.run(HOOP + ["--profile", "dev", "exec", ready["connection"], "-c", "drop table customers"],
+                                  env={**env, "HOOP_TOKEN": token}, capture_output=True, text=True, timeout=60)
+            assert held.returncode == 5, held.stderr
+            request = re.search(r"hoop request (\w+)", held.stderr).group(1)
+            assert f"An approver runs: hoop --profile dev-approver approvals approve {request}" in held.stderr
+            assert held.stderr.rstrip().splitlines()[-1].startswith("hoop: hint: once it is approved, run the same statement again with hoop --profile dev exec")
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=40)
         assert proc.returncode == 0, err

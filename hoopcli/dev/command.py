@@ -8,7 +8,8 @@ import signal
 import threading
 import time
 
-from hoopcli.dev.stack import BANNER, PROFILE, DevStack, start_stack
+from hoopcli.dev.profiles import APPROVER_PROFILE, PROFILE
+from hoopcli.dev.stack import BANNER, DevStack, start_stack
 from hoopcli.dev.targets import DEMO_DB, DEMO_ROLE, DEMO_TABLE
 from hoopcli.errors import Interrupted
 
@@ -53,7 +54,10 @@ def _run(workdir: str | None, auto_approve: bool | str, demo: bool, json_out: bo
 
 def _announce(stack: DevStack, info) -> None:
     d = stack.describe()
-    who = f"every sign-in is approved as {d['auto_approve']}" if d["auto_approve"] else "approve sign-ins on that page"
+    if d["auto_approve"]:
+        who = f"'{PROFILE}' is signed in as {d['auto_approve']} and '{APPROVER_PROFILE}' as dev-admin at once"
+    else:
+        who = "approve sign-ins on that page"
     if stack.postgres:
         target = f"PostgreSQL {d['postgres_version']} on {d['target']}, database {DEMO_DB}, table {DEMO_TABLE}, role {DEMO_ROLE}"
     else:
@@ -65,10 +69,11 @@ def _announce(stack: DevStack, info) -> None:
         f"  connection  {d['connection']} → {target}",
         "  policy      default: DROP, TRUNCATE, ALTER, GRANT, unqualified DELETE/UPDATE are held for approval",
         f"  audit       {d['audit_store']}",
-        f"  profile     '{PROFILE}' in {d['config_file']}",
+        f"  profiles    '{PROFILE}' (requester) and '{APPROVER_PROFILE}' (approver) in {d['config_file']}",
         "",
-        "Identities on the sign-in page: dev-admin (dba, approvers, auditors), dev-user (developers), dev-agent (agents).",
-        "Next, in another terminal:",
+        "Identities on the sign-in page: dev-user (developers), dev-admin (dba, approvers, auditors), dev-agent (agents).",
+        "Nobody approves their own statement: approve what 'dev' runs from 'dev-approver'.",
+        f"Next, in another terminal (or `export HOOP_PROFILE={PROFILE}` and leave out --profile {PROFILE}):",
         *(f"  {c}" for c in stack.next_commands()),
         "",
         f"Press Ctrl-C to stop; the work dir {d['workdir']} is then " + ("kept." if stack.kept else "removed."),

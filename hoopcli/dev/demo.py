@@ -8,8 +8,12 @@
    (a config dir of their own, profile `dev`), so the tunnel, the gateway, the PostgreSQL
    engine, the policy and the audit writer all do their real work;
 3. send one risky statement (DROP TABLE), which the default policy holds for approval, and
-   check that the table is still there;
-4. read the trail back and verify its hash chain (what `hoop audit list/verify --store` do).
+   check that the table is still there and that its requester cannot approve it;
+4. sign in a second identity, dev-admin, with the approver client (profile `dev-approver`),
+   approve the request, re-run the same statement as dev-user: now it runs;
+5. read the trail back and verify its hash chain (what `hoop audit list/verify --store` do).
+
+Every command is echoed as a person would type it (`hoop --profile dev …`).
 
 The verdict is 0 only when every expected step happened. Without PostgreSQL server binaries
 the target is a TCP echo server and the loop is: login, one echoed session, its records, the
@@ -19,6 +23,8 @@ chain.
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -27,7 +33,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from hoopcli.dev.stack import CLIENT_ID, PROFILE, DevStack
+from hoopcli.dev.profiles import APPROVER_CLIENT_ID, APPROVER_PROFILE, CLIENT_ID, PROFILE
+from hoopcli.dev.stack import DevStack
 from hoopcli.dev.targets import DEMO_TABLE
 
 DEMO_IDENTITY = "dev-user"
@@ -73,7 +80,11 @@ class Demo:
         self.say = (lambda _msg: None) if json_out else info
         self.steps: list[Step] = []
         self.env: dict[str, str] = {}
+        self.approver_env: dict[str, str] = {}
         self.identity: dict = {}
+        self.approver: dict = {}
+        self.request_id: str | None = None
+        self.commands: list[str] = []  # every hoop command run, as a person would type it
         self.records: list[dict] = []
         self.verify: dict = {}
         self.since = datetime.fromtimestamp(time.time() - 1, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
@@ -92,43 +103,72 @@ class Demo:
         return self.report()
 
     def login(self) -> bool:
+        self.say(f"1. hoop --profile {PROFILE} login: device flow against the dev issuer, auto-approved as {self.stack.issuer.auto_identity}")
+        signed_in = self._sign_in("login", CLIENT_ID)
+        if signed_in is None:
+            return False
+        self.identity, token = signed_in
+        self.env = self._child_env(token)
+        return True
+
+    def _sign_in(self, step: str, client_id: str) -> tuple[dict, str] | None:
+        """The device flow with hoop's own OIDC client; (identity, id_token) or None."""
         from hoopcli.auth.oidc import Provider
         from hoopcli.config import Profile
         from hoopcli.errors import HoopError
 
-        self.say(f"1. hoop login: device flow against the dev issuer, auto-approved as {self.stack.issuer.auto_identity}")
         try:
-            provider = Provider(self.stack.issuer.url, CLIENT_ID)
+            provider = Provider(self.stack.issuer.url, client_id)
             code = provider.start_device_flow(Profile().scopes)
             tokens = provider.token_set(provider.poll_device_flow(code))  # signature, iss, aud, exp checked
             claims = provider.validate_id_token(tokens.bearer)
         except HoopError as exc:
-            self.steps.append(Step("login", False, exc.message))
-            return False
-        self.identity = {"sub": claims["sub"], "email": claims.get("email"), "groups": claims.get("groups", [])}
-        self.env = self._child_env(tokens.bearer)
-        self.steps.append(Step("login", True, f"{claims['sub']} ({', '.join(self.identity['groups'])}), token valid until {_clock(claims['exp'])}"))
-        self.say(f"   signed in as {claims['sub']} (groups: {', '.join(self.identity['groups'])})")
-        return True
+            self.steps.append(Step(step, False, exc.message))
+            return None
+        who = {"sub": claims["sub"], "email": claims.get("email"), "groups": claims.get("groups", [])}
+        self.steps.append(Step(step, True, f"{claims['sub']} ({', '.join(who['groups'])}), token valid until {_clock(claims['exp'])}"))
+        self.say(f"   signed in as {claims['sub']} (groups: {', '.join(who['groups'])})")
+        return who, tokens.bearer
 
     def database_loop(self) -> None:
         conn = self.stack.connection
-        self.say(f"2. statements through the gateway: hoop exec {conn} -c …")
+        self.say(f"2. statements through the gateway: hoop --profile {PROFILE} exec {conn} -c …")
         for name, sql in STATEMENTS:
             done = self.hoop("exec", conn, "-c", sql)
             self.steps.append(Step(name, done.returncode == 0, _first_line(done) if done.returncode else sql, done.returncode))
-            self._show(sql, done)
-        self.say(f"3. a risky statement, held by the default policy: hoop exec {conn} -c '{RISKY}'")
+        self.held()
+        if self.request_id:
+            self.approve_and_rerun()
+
+    def held(self) -> None:
+        conn = self.stack.connection
+        self.say(f"3. a risky statement, held by the default policy: {RISKY}")
         done = self.hoop("exec", conn, "-c", RISKY)
         self.held_exit = done.returncode
-        self.held_message = (done.stderr or done.stdout).strip()
-        self.steps.append(Step("drop_refused", done.returncode != 0, _first_line(done) or "it ran", done.returncode))
-        self._show(RISKY, done)
+        self.request_id = _request_id(done.stderr)
+        self.steps.append(Step("drop_held", done.returncode == 5 and bool(self.request_id), _first_line(done) or "it ran", done.returncode))
         done = self.hoop("exec", conn, "-c", CHECK)
         exists = self.stack.postgres.table_exists()
         self.steps.append(Step("table_still_exists", done.returncode == 0 and exists,
                                f"{DEMO_TABLE} " + ("still exists" if exists else "is GONE"), done.returncode))
-        self._show(CHECK, done)
+        if self.request_id:
+            done = self.hoop("approvals", "approve", self.request_id)
+            self.steps.append(Step("requester_cannot_approve", done.returncode == 4, _first_line(done) or "it was approved", done.returncode))
+
+    def approve_and_rerun(self) -> None:
+        self.say(f"4. a second identity approves: hoop --profile {APPROVER_PROFILE} login, then approvals approve {self.request_id}")
+        signed_in = self._sign_in("approver_login", APPROVER_CLIENT_ID)
+        if signed_in is None:
+            return
+        self.approver, token = signed_in
+        self.approver_env = {**self.env, "HOOP_TOKEN": token}
+        done = self.hoop("approvals", "approve", self.request_id, "--reason", "hoop dev --demo", profile=APPROVER_PROFILE)
+        self.steps.append(Step("approved", done.returncode == 0, _first_line(done), done.returncode))
+        self.say(f"   the requester runs the same statement again: {RISKY}")
+        done = self.hoop("exec", self.stack.connection, "-c", RISKY)
+        gone = not self.stack.postgres.table_exists()
+        self.steps.append(Step("approved_drop_ran", done.returncode == 0 and gone,
+                               f"{DEMO_TABLE} " + ("dropped" if gone else "still exists"), done.returncode))
 
     def echo_loop(self) -> None:
         conn = self.stack.connection
@@ -140,7 +180,7 @@ class Demo:
         """Wait (bounded) until every session's end is stored, then read and verify as a person would."""
         from hoopcli.gateway.audit import open_store
 
-        self.say("4. the audit trail: hoop audit list / verify --store …")
+        self.say(f"5. the audit trail: hoop --profile {PROFILE} audit list / verify --store {self.stack.audit_store}")
         deadline = time.monotonic() + TRAIL_TIMEOUT
         seen = -1
         while True:
@@ -182,11 +222,28 @@ class Demo:
             request = _find(mine, "approval_request", RISKY)
             self.steps.append(Step("recorded_drop_held", bool(held and held.get("outcome") == "held" and request),
                                    _describe(held) if held else "no record of the DROP"))
+            self.judge_approval(mine)
         else:
             ends = [r for r in mine if r["kind"] == "session_end"]
             moved = [r for r in ends if (r.get("details") or {}).get("bytes_up") and (r.get("details") or {}).get("bytes_down")]
             detail = f"bytes up/down {moved[0]['details']['bytes_up']}/{moved[0]['details']['bytes_down']}" if moved else "no session_end record with bytes"
             self.steps.append(Step("recorded_session", bool(moved), detail))
+
+    def judge_approval(self, mine: list[dict]) -> None:
+        """The approval is recorded as the approver's decision on this request; its use as the
+        requester's, followed by the statement running (ok)."""
+        def decision(outcome: str) -> dict | None:
+            return next((r for r in self.records if r["kind"] == "approval_decision" and r.get("outcome") == outcome
+                         and (r.get("details") or {}).get("request_id") == self.request_id), None)
+
+        approved, used = decision("approved"), decision("used")
+        approver = self.approver.get("sub")
+        self.steps.append(Step("recorded_approval", bool(approved and approver and approved.get("sub") == approver),
+                               f"{_describe(approved)}, by {approved.get('sub')}" if approved else "no approval_decision record"))
+        ran = next((r for r in mine if r["kind"] == "statement" and r.get("outcome") == "ok" and used
+                    and r.get("seq", 0) > used.get("seq", 0) and (r.get("statement") or "").strip().rstrip(";") == RISKY), None)
+        self.steps.append(Step("recorded_drop_ran", bool(used and used.get("sub") == self.identity["sub"] and ran),
+                               f"grant used at seq {used.get('seq')}, then {_describe(ran)}" if used and ran else "no record of the approved DROP running"))
 
     def summary(self) -> dict:
         held = None
@@ -198,6 +255,8 @@ class Demo:
                 "request_id": (rec.get("details") or {}).get("request_id"),
                 "exit_code": getattr(self, "held_exit", None),
                 "table_still_exists": any(s.name == "table_still_exists" and s.ok for s in self.steps),
+                "approved_by": self.approver.get("sub"),
+                "ran_after_approval": any(s.name == "approved_drop_ran" and s.ok for s in self.steps),
             }
         return {
             "event": "demo_summary",
@@ -209,6 +268,7 @@ class Demo:
                 for r in self.records if r["kind"] in ("statement", "approval_request")
             ],
             "held": held,
+            "commands": self.commands,
             "audit": {"store": self.stack.audit_store, "records": len(self.records), "verify": self.verify},
             "stack": self.stack.describe(),
         }
@@ -224,29 +284,35 @@ class Demo:
             out = sys.stdout
             out.write("\nSteps:\n")
             for s in self.steps:
-                out.write(f"  {'ok  ' if s.ok else 'FAIL'}  {s.name:<20} {s.detail}\n")
+                out.write(f"  {'ok  ' if s.ok else 'FAIL'}  {s.name:<25} {s.detail}\n")
             if summary["held"]:
                 h = summary["held"]
-                out.write(f"\nThe DROP was {h['outcome'] or 'not recorded'} (request {h['request_id']}; `hoop exec` exited {h['exit_code']}); "
-                          f"an approver (dev-admin) would run: hoop --profile {PROFILE} approvals approve {h['request_id']}\n")
+                out.write(f"\nThe DROP was {h['outcome'] or 'not recorded'} (request {h['request_id']}; `hoop exec` exited {h['exit_code']}), "
+                          f"approved by {h['approved_by'] or 'nobody'} with `hoop --profile {APPROVER_PROFILE} approvals approve {h['request_id']}`, "
+                          f"and {'ran' if h['ran_after_approval'] else 'did NOT run'} when dev-user sent it again.\n")
             out.write("\n" + ("Demo complete: every expected step happened.\n" if summary["ok"] else "Demo FAILED: see the steps marked FAIL.\n"))
             out.flush()
         return 0 if summary["ok"] else 1
 
     # ---- helpers -----------------------------------------------------------------------
-    def hoop(self, *args: str) -> subprocess.CompletedProcess:
+    def hoop(self, *args: str, profile: str = PROFILE) -> subprocess.CompletedProcess:
+        """`hoop --profile PROFILE ARGS…` as a real subprocess (echoed as typed), with that
+        profile's identity in its environment."""
+        env = self.approver_env if profile == APPROVER_PROFILE else self.env
+        argv = ["--profile", profile, *args]
         try:
-            return subprocess.run([sys.executable, "-m", "hoopcli", *args], env=self.env or None, capture_output=True,
+            done = subprocess.run([sys.executable, "-m", "hoopcli", *argv], env=env or None, capture_output=True,
                                   text=True, timeout=CHILD_TIMEOUT, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
-            return subprocess.CompletedProcess(args, 124, "", f"hoop {args[0]} did not finish within {CHILD_TIMEOUT} s")
+            done = subprocess.CompletedProcess(argv, 124, "", f"hoop {args[0]} did not finish within {CHILD_TIMEOUT} s")
+        self._show(argv, done)
+        return done
 
     def _child_env(self, token: str) -> dict[str, str]:
         import hoopcli
 
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HOOP_", "PG"))}
         env.update(
-            HOOP_PROFILE=PROFILE,
             HOOP_CONFIG_DIR=str(self.stack.config_dir),
             HOOP_TOKEN=token,  # the children's environment is the only place it goes
             PYTHON_KEYRING_BACKEND="keyring.backends.fail.Keyring",  # never the person's keyring
@@ -257,8 +323,10 @@ class Demo:
             env["PATH"] = os.pathsep.join((str(Path(self.stack.psql).parent), env.get("PATH", "")))
         return env
 
-    def _show(self, sql: str, done: subprocess.CompletedProcess) -> None:
-        self.say(f"   $ hoop exec {self.stack.connection} -c \"{sql}\"   → exit {done.returncode}")
+    def _show(self, argv: list[str], done: subprocess.CompletedProcess) -> None:
+        command = "hoop " + " ".join(shlex.quote(a) for a in argv)
+        self.commands.append(command)
+        self.say(f"   $ {command}   → exit {done.returncode}")
         for line in (done.stdout + done.stderr).strip().splitlines()[:12]:
             self.say(f"     | {line}")
 
@@ -285,6 +353,12 @@ def _find(records: list[dict], kind: str, statement: str) -> dict | None:
         if r["kind"] == kind and (r.get("statement") or "").strip().rstrip(";") == statement:
             return r
     return None
+
+
+def _request_id(stderr: str) -> str | None:
+    """The request id in the gateway's held message (the DETAIL line psql prints)."""
+    found = re.search(r"hoop request ([0-9a-f]+)", stderr)
+    return found.group(1) if found else None
 
 
 def _describe(rec: dict) -> str:

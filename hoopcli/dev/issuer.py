@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import html
 import json
 import logging
 import secrets
@@ -68,8 +67,11 @@ DEV_IDENTITIES: dict[str, DevIdentity] = {
         DevIdentity("dev-agent", "Dev Agent", "dev-agent@example.com", ("agents",)),
     )
 }
-# `auto_approve=True` signs everyone in as this identity.
-DEFAULT_AUTO_IDENTITY = "dev-admin"
+# `auto_approve=True` signs hoop's own client in as this identity, and the sign-in page offers
+# it first: a requester who is not the only approver, so what they run can be approved.
+DEFAULT_AUTO_IDENTITY = "dev-user"
+# The identity the approver client (`hoop dev`'s `dev-approver` profile) signs in as.
+APPROVER_IDENTITY = "dev-admin"
 
 
 @dataclass
@@ -129,6 +131,7 @@ class DevIssuer:
         *,
         auto_approve: bool | str = False,
         client_id: str = DEFAULT_CLIENT_ID,
+        approver_client_id: str | None = None,
         token_ttl: int = 3600,
         device_ttl: int = 600,
         interval: int = 1,
@@ -136,6 +139,9 @@ class DevIssuer:
     ):
         self.auto_identity = resolve_auto_approve(auto_approve)
         self.client_id = client_id
+        # A second registered client whose sign-ins default to APPROVER_IDENTITY (page and
+        # auto-approve alike): a second identity to approve with, in a profile of its own.
+        self.approver_client_id = approver_client_id
         self.token_ttl = token_ttl
         self.device_ttl = device_ttl
         self.interval = interval
@@ -229,7 +235,7 @@ class DevIssuer:
             user_code = self._new_user_code_locked()
             grant = _DeviceGrant(device_code, user_code, form["client_id"], scope, time.monotonic() + self.device_ttl, self.interval)
             if self.auto_identity:
-                grant.status, grant.identity = "approved", self.auto_identity
+                grant.status, grant.identity = "approved", self._identity_for_client(grant.client_id)
             self._devices[device_code] = grant
             self._user_codes[user_code] = device_code
         verification = f"{self.url}/device"
@@ -259,6 +265,18 @@ class DevIssuer:
                 return False
             grant.status, grant.identity = status, identity
             return True
+
+    def default_identity_for(self, user_code: str) -> str:
+        """Who the sign-in page offers first for this code: its client's identity."""
+        with self._lock:
+            grant = self._devices.get(self._user_codes.get(normalize_user_code(user_code), ""))
+            client = grant.client_id if grant is not None else self.client_id
+        return self._identity_for_client(client)
+
+    def _identity_for_client(self, client_id: str) -> str:
+        if self.approver_client_id is not None and client_id == self.approver_client_id:
+            return APPROVER_IDENTITY
+        return self.auto_identity or DEFAULT_AUTO_IDENTITY
 
     def pending_user_codes(self) -> list[str]:
         with self._lock:
@@ -372,7 +390,7 @@ class DevIssuer:
 
     # ---- helpers -------------------------------------------------------------------------
     def _check_client(self, client_id: str) -> None:
-        if client_id != self.client_id:
+        if client_id not in (self.client_id, self.approver_client_id) or not client_id:
             raise OAuthError("invalid_client", f"unknown client_id {client_id!r}", status=401)
 
     def _new_user_code_locked(self) -> str:
@@ -431,6 +449,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ---- routing ----------------------------------------------------------------------
     def do_GET(self):
+        from hoopcli.dev.pages import device_page, index_page
+
         path, query = self._path()
         if path == "/.well-known/openid-configuration":
             return self._json(200, self.issuer.discovery())
@@ -443,6 +463,8 @@ class _Handler(BaseHTTPRequestHandler):
         return self._json(404, {"error": "not_found"})
 
     def do_POST(self):
+        from hoopcli.dev.pages import device_decision
+
         path, _ = self._path()
         try:
             form = self._form()
@@ -512,67 +534,3 @@ class _Handler(BaseHTTPRequestHandler):
             },
         )
 
-
-# ---- pages --------------------------------------------------------------------------------
-
-_STYLE = """
-body{font-family:system-ui,sans-serif;max-width:36rem;margin:2rem auto;padding:0 1rem;color:#222}
-.banner{background:#b00020;color:#fff;padding:.75rem 1rem;border-radius:.4rem;font-weight:600}
-label{display:block;margin:1rem 0 .3rem}
-input,select{font-size:1.1rem;padding:.4rem;width:100%;box-sizing:border-box}
-button{font-size:1rem;padding:.5rem 1.2rem;margin:1rem .5rem 0 0}
-.ok{color:#0a6b2d}.err{color:#b00020}code{font-size:1.1rem}
-"""
-
-
-def _page(title: str, body: str) -> str:
-    return (
-        "<!doctype html><html lang=en><head><meta charset=utf-8>"
-        f"<title>{html.escape(title)} — hoop dev issuer</title><style>{_STYLE}</style></head><body>"
-        f"<p class=banner>DEVELOPMENT ONLY — {html.escape(BANNER)}</p>"
-        f"<h1>{html.escape(title)}</h1>{body}</body></html>"
-    )
-
-
-def index_page() -> str:
-    return _page("hoop dev issuer", "<p>To sign in a device, open <a href=/device>/device</a> and enter the code hoop shows.</p>")
-
-
-def device_page(issuer: DevIssuer, user_code: str = "", message: str = "", error: bool = False) -> str:
-    nonce = issuer.new_form_nonce()
-    options = "".join(
-        f"<option value={html.escape(i.sub, quote=True)}>{html.escape(i.sub)} — {html.escape(', '.join(i.groups))}</option>"
-        for i in DEV_IDENTITIES.values()
-    )
-    note = f"<p class={'err' if error else 'ok'}>{html.escape(message)}</p>" if message else ""
-    body = (
-        f"{note}<form method=post action=/device>"
-        f"<input type=hidden name=nonce value={html.escape(nonce, quote=True)}>"
-        "<label for=user_code>Code shown by hoop</label>"
-        f"<input id=user_code name=user_code autocomplete=off required value=\"{html.escape(normalize_user_code(user_code), quote=True)}\">"
-        "<label for=identity>Sign in as</label>"
-        f"<select id=identity name=identity>{options}</select>"
-        "<button type=submit name=action value=approve>Approve</button>"
-        "<button type=submit name=action value=deny>Deny</button>"
-        "</form>"
-    )
-    return _page("Sign in a device", body)
-
-
-def device_decision(issuer: DevIssuer, form: dict[str, str]) -> tuple[int, str]:
-    code = form.get("user_code", "")
-    if not issuer.take_form_nonce(form.get("nonce", "")):
-        return 400, device_page(issuer, code, "This form expired or was already used; try again.", error=True)
-    action = form.get("action", "")
-    if action == "approve":
-        identity = form.get("identity", "")
-        if identity not in DEV_IDENTITIES:
-            return 400, device_page(issuer, code, "Choose one of the listed identities.", error=True)
-        if issuer.approve(code, identity):
-            return 200, _page("Device signed in", f"<p class=ok>Signed in as <code>{html.escape(identity)}</code>. You can go back to your terminal.</p>")
-    elif action == "deny":
-        if issuer.deny(code):
-            return 200, _page("Request denied", "<p>The device was not signed in. You can close this page.</p>")
-    else:
-        return 400, device_page(issuer, code, "Choose Approve or Deny.", error=True)
-    return 400, device_page(issuer, code, "Unknown, expired or already used code.", error=True)

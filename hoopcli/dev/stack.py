@@ -10,7 +10,8 @@ The pieces:
 * the gateway in-process, on its own thread and event loop, with a development CA, a SQLite
   audit store in the work dir and one connection, `demo-db` (or `demo-echo`), under the
   default statement policy;
-* a profile `dev` in hoop's config pointing at all of it.
+* two profiles in hoop's config pointing at all of it: `dev` (the requester) and
+  `dev-approver` (a second identity, to approve what `dev` runs; see `profiles.py`).
 
 The targets live in `targets.py`; the `hoop dev` command in `command.py`.
 """
@@ -28,11 +29,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hoopcli.dev.profiles import APPROVER_CLIENT_ID, APPROVER_PROFILE, CLIENT_ID, PROFILE, ProfilesLock, write_profiles
 from hoopcli.dev.targets import DEMO_DB, DEMO_ROLE, DEMO_TABLE, DemoPostgres, EchoServer, find_psql, postgres_usable
 from hoopcli.errors import ConfigError, Unreachable, UsageError
 
-PROFILE = "dev"
-CLIENT_ID = "hoop-cli"
 PG_CONNECTION = "demo-db"
 TCP_CONNECTION = "demo-echo"
 PEOPLE = ("dba", "developers", "agents")
@@ -149,20 +149,29 @@ class DevStack:
             "database": DEMO_DB if self.postgres else None,
             "table": DEMO_TABLE if self.postgres else None,
             "profile": PROFILE,
+            "approver_profile": APPROVER_PROFILE,
             "config_file": self.config_file,
             "workdir": str(self.workdir),
         }
 
     def next_commands(self) -> list[str]:
-        p = f"hoop --profile {PROFILE}"
-        if self.postgres:
-            run = [
-                f"{p} exec {self.connection} -- psql -c 'select * from {DEMO_TABLE}'",
-                f"{p} exec {self.connection} -- psql -c 'drop table {DEMO_TABLE}'   # held for approval",
-            ]
-        else:
+        """The loop by hand: sign in, run, get held, approve as someone else, re-run, audit."""
+        p, a = f"hoop --profile {PROFILE}", f"hoop --profile {APPROVER_PROFILE}"
+        if not self.postgres:
             run = [f"{p} connect {self.connection}   # then talk to the printed 127.0.0.1 port"]
-        return [f"{p} login", *run, f"{p} audit list --store {self.audit_store}", f"{p} audit verify --store {self.audit_store}"]
+            return [f"{p} login", *run, f"{p} audit list --store {self.audit_store}", f"{p} audit verify --store {self.audit_store}"]
+        drop = f"{p} exec {self.connection} -c 'drop table {DEMO_TABLE}'"
+        return [
+            f"{p} login   # sign in as dev-user",
+            f"{p} exec {self.connection} -- psql -c 'select * from {DEMO_TABLE}'",
+            f"{drop}   # held for approval: exit 5 and a request ID",
+            f"{a} login   # a second identity: sign in as dev-admin, an approver",
+            f"{a} approvals list --status pending",
+            f"{a} approvals approve ID",
+            f"{drop}   # the same text again: it runs, once",
+            f"{p} audit list --store {self.audit_store}",
+            f"{p} audit verify --store {self.audit_store}",
+        ]
 
 
 def bypass_proxy_for_loopback() -> None:
@@ -190,21 +199,18 @@ def _env(**values: str):
 
 
 def write_profile(issuer_url: str, gateway_url: str, ca_file: str, config_dir: Path | None) -> str:
-    from hoopcli.config import config_path, set_value
-
     overrides = {"HOOP_CONFIG_DIR": str(config_dir)} if config_dir is not None else {}
     with _env(**overrides):
-        for key, value in (("issuer", issuer_url), ("client_id", CLIENT_ID), ("gateway", gateway_url), ("ca_file", ca_file)):
-            set_value(PROFILE, key, value)
-        return str(config_path())
+        return write_profiles(issuer_url, gateway_url, ca_file)
 
 
 @contextlib.contextmanager
 def start_stack(workdir: str | None, auto_approve: bool | str, port: int = 0, *, own_config: bool = False, target: str = "auto"):
     """Start everything; yield a DevStack; stop everything (in reverse) however the block ends.
 
-    own_config: write the `dev` profile into a config dir inside the work dir instead of the
-    user's (what `--demo` does). target: "auto", "postgres" or "tcp"."""
+    own_config: write the `dev` profiles into a config dir inside the work dir instead of the
+    user's (what `--demo` does); otherwise they are locked for as long as the stack runs.
+    target: "auto", "postgres" or "tcp"."""
     from hoopcli.dev.issuer import DevIssuer, resolve_auto_approve
     from hoopcli.gateway.app import Gateway
     from hoopcli.gateway.settings import settings_from_dict
@@ -222,7 +228,9 @@ def start_stack(workdir: str | None, auto_approve: bool | str, port: int = 0, *,
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     cleanups: list = []
     try:
-        issuer = DevIssuer(auto_approve=auto_approve, client_id=CLIENT_ID).start()
+        if not own_config:  # before anything starts: a second `hoop dev` stops here
+            cleanups.append(ProfilesLock().acquire().release)
+        issuer = DevIssuer(auto_approve=auto_approve, client_id=CLIENT_ID, approver_client_id=APPROVER_CLIENT_ID).start()
         cleanups.append(issuer.stop)
 
         pg = echo = None
@@ -265,7 +273,7 @@ def start_stack(workdir: str | None, auto_approve: bool | str, port: int = 0, *,
                 "approvals": {"approver_groups": ["approvers"], "window_seconds": 900},
                 "auditor_groups": ["auditors"],
             },
-            "issuers": [{"issuer": issuer.url, "audiences": [CLIENT_ID]}],
+            "issuers": [{"issuer": issuer.url, "audiences": [CLIENT_ID, APPROVER_CLIENT_ID]}],
             "connections": {name: conn},
         }
         try:
