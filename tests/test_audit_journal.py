@@ -139,3 +139,26 @@ def test_a_second_gateway_on_the_same_journal_is_refused(tmp_path):
     with pytest.raises(ValueError, match="in use by another gateway"):
         lock_directory(tmp_path / "j", wait=0.2)
     first.close(everything_stored=True)
+
+
+def test_the_journal_keeps_no_password_in_any_frame(tmp_path):
+    """The journal is a file on the gateway host: starts, outcomes and other records in it are
+    masked like the store; a statement too large to mask on the loop keeps only the text before
+    its first secret keyword."""
+    from hoopcli.gateway.audit.journal import MASK_ON_LOOP_MAX, Journal
+
+    secret = "s3cr3t-" + "x" * 8
+    big = "ALTER ROLE app PASSWORD '" + secret + "' /*" + "y" * MASK_ON_LOOP_MAX + "*/"
+    journal = Journal(tmp_path, "process")
+    try:
+        session = {"session_id": "s1", "sub": "alice"}
+        for text in (f"ALTER ROLE app PASSWORD E'{secret}'", big):
+            start = journal.started(session, 1.0, text, "query", None)
+            journal.completed(1, (session, 1.0, text, 0.1, "ok", "ALTER ROLE", "", "", {}), start)
+        journal.completed(2, {"kind": "statement", "statement": f"CREATE USER u IDENTIFIED BY '{secret}'", "outcome": "held"})
+        assert journal.commit() == 0
+    finally:
+        journal.close(everything_stored=False)
+    data = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.is_file())
+    assert secret.encode() not in data
+    assert b"too large to mask before forwarding" in data and b"ALTER ROLE app " in data

@@ -47,6 +47,8 @@ import uuid
 import zlib
 from pathlib import Path
 
+from .masking import first_secret_keyword, mask_sql_secrets
+
 log = logging.getLogger("hoopcli.audit")
 
 LEVELS = ("process", "power", "async")
@@ -54,6 +56,21 @@ SEGMENT_BYTES = 32 * 1024 * 1024
 LOCK_WAIT = 30.0  # seconds a starting gateway waits for the journal's lock (an old writer finishing)
 _HEAD = struct.Struct("<IIB")  # payload length, CRC-32 of codec + payload, codec
 _MARSHAL, _PICKLE = 0, 1
+
+
+# The journal is a file: what it holds must be masked like the store (no password on disk).
+# Masking runs here, on the relay's loop, so a statement too large to mask quickly that may
+# hold a secret keeps only the text before its first secret keyword: the journal matters only
+# when a gateway dies, and then this record says what was cut.
+MASK_ON_LOOP_MAX = 64 * 1024
+TOO_LARGE_TO_MASK = "'[REDACTED: too large to mask before forwarding; the text after this point is not kept]'"
+
+
+def journal_text(text: str) -> str:
+    if len(text) <= MASK_ON_LOOP_MAX:
+        return mask_sql_secrets(text)
+    first = first_secret_keyword(text)
+    return text if first < 0 else text[:first] + TOO_LARGE_TO_MASK
 
 
 def encode_frame(entry: tuple) -> bytes:
@@ -119,6 +136,7 @@ class Journal:
     # ---- the event loop: a statement starts; make it durable before forwarding ---------
 
     def started(self, session: dict, started: float, text: str, kind: str, params) -> int:
+        text = journal_text(text)
         with self._lock:
             self._next_start += 1
             start_id = self._next_start
@@ -153,6 +171,7 @@ class Journal:
     def completed(self, ticket: int, record, start_id: int = 0) -> None:
         if type(record) is tuple:
             session, started, text, duration, outcome, tag, code, message, details = record
+            text = journal_text(text)
             with self._lock:
                 number = self._session_number(session)[0]
                 self._starts.pop(start_id, None)
@@ -162,6 +181,8 @@ class Journal:
                 self._appended += 1
                 self._newest_ticket = ticket
             return
+        if isinstance(record, dict) and isinstance(record.get("statement"), str):
+            record = {**record, "statement": journal_text(record["statement"])}
         frame = encode_frame(("d", ticket, record))
         with self._lock:
             self._buffer.append(frame)

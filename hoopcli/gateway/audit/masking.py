@@ -46,6 +46,14 @@ _IDENTIFIED_ENDS = frozenset({"REQUIRE", "ACCOUNT", "COMMENT", "ATTRIBUTE"})
 _CONNINFO_SECRET = re.compile(r"password\s*=|://[^@]*:[^@]*@", re.IGNORECASE)
 
 
+def first_secret_keyword(text: str) -> int:
+    """Where the first word that can introduce a secret starts (-1: none); nothing before it
+    is ever masked."""
+    lowered = text.lower()
+    found = [i for i in (lowered.find(t) for t in _TRIGGERS) if i >= 0]
+    return min(found) if found else -1
+
+
 def mask_sql_secrets(text: str, dialect: str | None = None) -> str:
     """`text` with every secret literal replaced by MASK. `dialect` ("postgres", "mysql") narrows
     the readings to that dialect's quoting settings; without it every dialect's are tried."""
