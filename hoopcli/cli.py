@@ -12,6 +12,7 @@ import sys
 from typing import List, Optional
 
 import typer
+import typer.core
 
 from hoopcli import __version__
 from hoopcli.completion import complete_connection
@@ -112,6 +113,8 @@ def logout(json_out: bool = JsonOpt) -> None:
     result = flow.logout(_profile())
     if json_out:
         emit_json(result)
+    elif not result["removed"]:
+        info(f"Not logged in (profile '{result['profile']}', {result['store']}): nothing to remove.")
     else:
         info("Logged out." + (" Refresh token revoked at the IdP." if result["refresh_token_revoked"] else ""))
 
@@ -194,7 +197,14 @@ def connections(json_out: bool = JsonOpt) -> None:
         table(rows, ["name", "protocol", "database", "broker", "description"], title="Connections")
 
 
-@app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+class _ExecCommand(typer.core.TyperCommand):
+    """`hoop exec`'s usage line shows the command after `--`, which typer cannot declare."""
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        return [*super().collect_usage_pieces(ctx), "[-- CMD ARGS...]"]
+
+
+@app.command("exec", cls=_ExecCommand, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def exec_(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="Connection name (see `hoop connections`).", autocompletion=complete_connection),
@@ -293,7 +303,7 @@ def approvals_list(
 
     page = _api().approvals_page(status, limit, cursor)
     if json_out:
-        emit_json(page)
+        emit_json({**page, "approvals": [_iso_times(r) for r in page["approvals"]]})
         return
     columns = ["id", "status", "sub", "connection", "statement", "size", "created_at"]
     table([_approval_row(r) for r in page["approvals"]], columns, title="Approvals")
@@ -305,8 +315,25 @@ def approvals_list(
 EXCERPT_CHARS = 80  # of a statement in the table; --json gives what the gateway keeps (its first 4 KiB)
 
 
+_TIMES = ("created_at", "decided_at", "expires_at", "grant_expires_at", "used_at")
+
+
+def _iso_times(row: dict, local: bool = False) -> dict:
+    """Epoch seconds from the gateway as ISO 8601: UTC for programs, local time for people."""
+    from datetime import datetime, timezone
+
+    out = dict(row)
+    for key in _TIMES:
+        if isinstance(out.get(key), (int, float)) and not isinstance(out[key], bool):
+            when = datetime.fromtimestamp(out[key], tz=timezone.utc)
+            out[key] = when.astimezone().strftime("%Y-%m-%d %H:%M:%S") if local else when.isoformat(timespec="seconds")
+    return out
+
+
 def _approval_row(row: dict) -> dict:
-    """One line per request: the statement's whitespace folded and cut, its whole size beside it."""
+    """One line per request: the statement's whitespace folded and cut, its whole size beside it,
+    its times in local time."""
+    row = _iso_times(row, local=True)
     text = " ".join(str(row.get("statement") or "").split())
     if len(text) > EXCERPT_CHARS or row.get("truncated"):
         text = text[:EXCERPT_CHARS] + "…"
@@ -320,7 +347,14 @@ def _approval_row(row: dict) -> dict:
 def _decide(request_id: str, decision: str, reason: str, json_out: bool, sha256: str | None = None) -> None:
     from hoopcli.output import emit_json, info
 
-    result = _api().decide(request_id, decision, reason, sha256)
+    from hoopcli.errors import Denied, NotFound
+
+    try:
+        result = _api().decide(request_id, decision, reason, sha256)
+    except NotFound as exc:
+        raise NotFound(exc.message, "See the open requests with `hoop approvals list --status pending`.") from None
+    except Denied as exc:
+        raise Denied(exc.message, "Another approver decides: nobody approves their own request, and only approvers decide.") from None
     if json_out:
         emit_json(result)
     else:

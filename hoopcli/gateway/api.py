@@ -1,6 +1,8 @@
 """The gateway's small JSON API, on the same TLS port as the tunnel.
 
-GET  /healthz                              no auth
+GET  /healthz                              no auth; liveness: 200 while the process serves
+GET  /readyz                               no auth; readiness: 200 when the audit store takes
+                                           records, 503 while it does not (sessions are refused)
 GET  /api/connections                      connections the caller may use
 GET  /api/connections/{name}               one of them (404 unknown, 403 not allowed)
 GET  /api/audit?sub=&connection=&since=&kind=&limit=   auditors only
@@ -31,8 +33,10 @@ from hoopcli.gateway.identity import Identity, TokenRejected
 async def handle_api(gw, request: Request, body: bytes) -> tuple[int, object]:
     url = urlsplit(request.target)
     path, query = url.path.rstrip("/") or "/", {k: v[-1] for k, v in parse_qs(url.query).items()}
-    if path == "/healthz" and request.method == "GET":
-        return 200, {"ok": gw.audit_healthy(), "audit": "ok" if gw.audit_healthy() else "unavailable"}
+    if path in ("/healthz", "/readyz") and request.method == "GET":
+        healthy = gw.audit_healthy()
+        status = 503 if path == "/readyz" and not healthy else 200
+        return status, {"ok": healthy, "audit": "ok" if healthy else "unavailable"}
     if not path.startswith("/api/"):
         raise BadRequest(404, f"no such endpoint {path}")
     identity = await _identity(gw, request)
@@ -63,7 +67,8 @@ async def _answer(gw, identity: Identity, request: Request, path: str, query: di
             return 200, {"ok": report.ok, "checked": report.checked, "problems": list(report.problems)}
         if path == "/api/audit":
             records = await loop.run_in_executor(None, lambda: _query(gw, query))
-            return 200, {"records": records, "truncated": len(records) >= _limit(query)}
+            # Truncated only at the gateway's own cap: a caller's smaller --limit got what it asked for.
+            return 200, {"records": records, "truncated": len(records) >= MAX_AUDIT_RECORDS}
     if path == "/api/approvals" and request.method == "GET":
         return 200, _approvals_page(gw, identity, query)
     if path.startswith("/api/approvals/") and request.method == "POST":

@@ -10,11 +10,35 @@ from pathlib import Path
 
 
 def server_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """A TLS 1.2+ server context; a missing, unreadable or mismatched file is a ConfigError that
+    names the setting and the path, like every other configuration error."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert_file, key_file)
+    load_pair(ctx, cert_file, key_file)
     ctx.set_alpn_protocols(["http/1.1"])
     return ctx
+
+
+def load_pair(ctx: ssl.SSLContext, cert_file: str, key_file: str) -> None:
+    from hoopcli.errors import ConfigError
+
+    for setting, path in (("gateway.tls_cert", cert_file), ("gateway.tls_key", key_file)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(
+                f"{setting} = {path!r}: {exc.strerror or exc}",
+                "Point it at a PEM file the gateway can read (relative paths are from gateway.toml's folder), "
+                "or pass --dev-tls DIR for a development CA.",
+            ) from None
+    try:
+        ctx.load_cert_chain(cert_file, key_file)
+    except ssl.SSLError as exc:
+        raise ConfigError(
+            f"gateway.tls_cert {cert_file!r} and gateway.tls_key {key_file!r} are not a usable pair: {exc.reason or exc}",
+            "Give the PEM certificate chain (leaf first) and its unencrypted private key.",
+        ) from None
 
 
 def make_dev_tls(folder: str | Path, hostnames: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")) -> dict:
