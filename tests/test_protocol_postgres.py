@@ -25,6 +25,7 @@ from hoopcli.gateway.protocols.base import (
     StatementStarted,
     Verdict,
 )
+from hoopcli.gateway.protocols.pgwire.encodings import reads_the_same_in_every_encoding
 from hoopcli.gateway.protocols.postgres import (
     DENY_SQLSTATE,
     GRANT_USED_MESSAGE,
@@ -394,7 +395,8 @@ def test_empty_query_and_notices():
 
 
 def test_pipelined_simple_queries_each_get_their_outcome():
-    """Each Query waits behind the fence until the one before it is answered (ReadyForQuery)."""
+    """ASCII queries read the same whatever encoding a query before them switched to: the
+    fence lets them go at once, and each still gets its own outcome."""
     client = Q("select 1") + Q("select x") + Q("select 3")
     res = run(session(
         ("c", client),
@@ -404,14 +406,71 @@ def test_pipelined_simple_queries_each_get_their_outcome():
     ))
     assert res.events[1:] == [
         StatementStarted("select 1", "query"),
-        StatementFinished("SELECT 1"),
         StatementStarted("select x", "query"),
-        StatementFailed("42703", "no x"),
         StatementStarted("select 3", "query"),
         StatementFinished("SELECT 1"),
+        StatementFailed("42703", "no x"),
+        StatementFinished("SELECT 1"),
     ]
-    assert [step[0] for step in res.per_step[2:]] == [Q("select 1"), Q("select x"), Q("select 3"), b""]
-    assert res.to_server == startup() + client
+    assert [step[0] for step in res.per_step[2:]] == [client, b"", b"", b""]
+
+
+# Shift_JIS reads 0x95 0x5C as one character (表): the backslash is gone and the quote after it
+# ends the string, so the INSERT runs. Read as UTF-8 the whole thing is one string literal.
+SJIS_SMUGGLE = b"select E'\x95\\'; insert into t values (1); --'"
+
+
+def test_a_non_ascii_query_waits_for_the_answers_ahead_of_it_and_blocks_what_follows():
+    """Held: the query whose text a switch could change, and everything after it (order);
+    let go after the ReadyForQuery of every statement forwarded before it."""
+    sneaky = msg(b"Q", SJIS_SMUGGLE + b"\0")
+    client = Q("select 1") + Q("select 2") + sneaky + Q("select 4")
+    answer = T("a") + DR(1) + CC("SELECT 1") + Z()
+    res = run(session(("c", client), ("s", answer), ("s", answer), ("s", answer + answer)))
+    assert res.per_step[2][0] == Q("select 1") + Q("select 2")
+    assert res.per_step[3][0] == b""  # select 2 is not answered yet
+    assert res.per_step[4][0] == sneaky + Q("select 4")  # the ASCII query behind it waited too
+    assert [e.text for e in res.events if isinstance(e, StatementStarted)] == [
+        "select 1", "select 2", SJIS_SMUGGLE.decode("utf-8", "replace"), "select 4"]
+
+
+def test_a_pipeline_behind_a_copy_waits_whole_until_the_copy_is_answered():
+    """A Query sent before the server asked for COPY data would be read as a broken COPY and
+    never answered: behind a statement that says COPY every message but COPY data waits."""
+    data = copy_data(b"1\n") + COPY_DONE
+    client = Q("copy t from stdin") + data + Q("select 2")
+    res = run(session(("c", client), ("s", copy_in_response()), ("s", CC("COPY 1") + Z()), ("s", CC("SELECT 1") + Z())))
+    assert res.per_step[2][0] == Q("copy t from stdin")
+    assert res.per_step[3][0] == data  # the server reads COPY data now; the Query still waits
+    assert res.per_step[4][0] == Q("select 2")
+    assert res.events[1:] == [
+        StatementStarted("copy t from stdin", "query"), StatementFinished("COPY 1"),
+        StatementStarted("select 2", "query"), StatementFinished("SELECT 1"),
+    ]
+
+
+def test_a_long_held_pipeline_is_let_go_without_copying_what_stays_held():
+    """Each release feeds the held chunk on from where the last one stopped and leaves the rest
+    where it lies (before: a copy and a re-framing of all that stayed, per release: quadratic)."""
+    engine = PostgresEngine()
+    engine.from_client(startup())
+    engine.from_server(LOGIN)
+    count = 4000
+    queries = [msg(b"Q", "select '中%d'".encode() % k + b"\0") for k in range(count)]  # GBK: 中's last byte + '
+    assert not reads_the_same_in_every_encoding(queries[1][5:])
+    chunk = b"".join(queries)
+    assert engine.from_client(chunk).to_server == queries[0]
+    answer = CC("SELECT 1") + Z()
+    sent = []
+    at = len(queries[0])
+    for k in range(1, count - 1):
+        sent.append(engine.from_server(answer).to_server)
+        at += len(queries[k])
+        assert engine._held[0] is chunk and engine._held_from == at
+    sent += [engine.from_server(answer).to_server, engine.from_server(answer).to_server]
+    assert engine._held is None
+    assert sent[:-1] == queries[1:] and sent[-1] == b""  # one at a time, in order
+    assert engine._held is None and engine._held_size == 0
 
 
 def test_password_message_never_appears_in_events_or_errors():
@@ -496,14 +555,14 @@ def test_pipelined_executes_each_get_their_outcome():
     assert res.events[1:] == [
         StatementStarted("insert into t values ($1)", "execute"),
         StatementStarted("insert into t values ($1)", "execute"),
-        StatementFinished("INSERT 0 1"),
-        StatementFinished("INSERT 0 1"),
         StatementStarted("select 1", "execute"),
+        StatementFinished("INSERT 0 1"),
+        StatementFinished("INSERT 0 1"),
         StatementFinished("SELECT 1"),
     ]
-    # The second segment waited for the first one's ReadyForQuery (the encoding fence).
-    assert res.per_step[2][0] == client[: client.index(SYNC) + len(SYNC)]
-    assert res.per_step[3][0] == P("select 1") + B() + E() + SYNC
+    # The second segment's text is ASCII: it went at once, behind the first one.
+    assert res.per_step[2][0] == client
+    assert res.per_step[3][0] == b""
 
 
 def test_error_mid_pipeline_skips_to_sync():
@@ -535,8 +594,8 @@ def test_parse_error_is_reported_on_the_execute_it_prevented():
     res = run(session(("c", client), ("s", ERR("42601", 'syntax error at or near "selec"') + Z()), ("s", CC("SELECT 1") + Z())))
     assert res.events[1:] == [
         StatementStarted("selec 1", "execute"),
-        StatementFailed("42601", 'syntax error at or near "selec"'),
         StatementStarted("select 1", "query"),
+        StatementFailed("42601", 'syntax error at or near "selec"'),
         StatementFinished("SELECT 1"),
     ]
 
@@ -731,8 +790,8 @@ def test_gate_refusal_waits_behind_outstanding_answers():
     server_1 = T("a") + DR(1) + CC("SELECT 1") + Z()
     server_3 = T("a") + DR(3) + CC("SELECT 1") + Z()
     res = run(session(("c", client), ("s", server_1), ("s", server_3)), gate=policy)
-    assert res.per_step[2][0] == Q("select 1")  # the rest waits behind the fence
-    assert res.per_step[3][0] == Q("select 3")
+    assert res.per_step[2][0] == Q("select 1") + Q("select 3")  # ASCII: the fence lets it go
+    assert res.per_step[3][0] == b""
     assert res.per_step[2][1] == b""  # nothing for the client yet
     kinds = [k for k, _ in parse_messages(res.to_client[len(LOGIN) :])]
     assert kinds == [b"T", b"D", b"C", b"Z", b"E", b"Z", b"T", b"D", b"C", b"Z"]
@@ -740,9 +799,9 @@ def test_gate_refusal_waits_behind_outstanding_answers():
     assert res.per_step[4][1] == server_3
     assert [type(e).__name__ for e in res.events[1:]] == [
         "StatementStarted",
-        "StatementFinished",
         "StatementBlocked",
         "StatementStarted",
+        "StatementFinished",
         "StatementFinished",
     ]
 
@@ -1364,8 +1423,8 @@ def test_pipelined_binds_before_the_parse_is_answered():
     got = parse_messages(res.per_step[3][1] + res.per_step[4][1])
     assert [k for k, _ in got] == [b"1", b"Z", b"2", b"C", b"Z", b"E", b"Z"]
     assert error_fields(got[5][1])["M"] == GRANT_USED_MESSAGE
-    # the third segment waited behind the fence for the second one's ReadyForQuery
-    assert [type(e).__name__ for e in res.events[1:]] == ["StatementStarted", "StatementFinished", "StatementBlocked"]
+    # the third segment is ASCII: judged (and refused) at once, not behind the fence
+    assert [type(e).__name__ for e in res.events[1:]] == ["StatementStarted", "StatementBlocked", "StatementFinished"]
 
 
 def test_a_confirmed_close_or_new_parse_frees_the_name():

@@ -155,8 +155,15 @@ class PostgresEngine(ClientMixin, ServerMixin, GrantsMixin):
         "_seg_open",
         "_seg_runs",
         "_fence",
+        "_fence_strict",
+        "_seg_copy",
         "_held",
-        "_held_at",
+        "_held_from",
+        "_held_size",
+        "_held_unsafe",
+        "_releasing",
+        "_frame_skip",
+        "_frame_head",
         "_up",
         "_seg_no",
         "_stmts",
@@ -195,9 +202,16 @@ class PostgresEngine(ClientMixin, ServerMixin, GrantsMixin):
         self._drop = 0  # 1: dropping through Sync; 2: dropping up to Sync, which is forwarded
         self._seg_open = False  # extended messages forwarded since the last Sync
         self._seg_runs = False  # ... among them a Bind or Execute (code may have run)
-        self._fence = False  # client messages wait for the server's ReadyForQuery (client.py)
-        self._held: bytearray | None = None  # what the client sent behind the fence
-        self._held_at = 0  # how far the held bytes are framed (client.py _check_held)
+        self._fence = False  # statements forwarded may switch the encoding (pgwire/fence.py)
+        self._fence_strict = False  # ... or start a COPY FROM STDIN: every message waits
+        self._seg_copy = False  # the open segment executed what may be a COPY
+        self._held: deque[bytes] | None = None  # what the client sent behind the fence, as it came
+        self._held_from = 0  # where in the first chunk the held messages start
+        self._held_size = 0  # how many bytes are held
+        self._held_unsafe = False  # the first held message waits for its text, whatever comes
+        self._releasing: deque[bytes] | None = None  # the chunks still held while some are let go
+        self._frame_skip = 0  # held bytes still to come of a framed message (fence.py _frame)
+        self._frame_head = b""  # ... or the start of a header split between two arrivals
         self._up: list[bytes] = []  # ... and let go while a server chunk is read
         self._seg_no = 0  # segments forwarded while _granted is not empty (tells them apart)
         self._stmts: dict[bytes, str] = {}

@@ -16,7 +16,7 @@ from ..base import (
     Verdict,
 )
 from .encodings import reads_the_same_in_every_encoding
-from .fence import FenceMixin
+from .fence import FenceMixin, may_copy
 from .grants import _Grant
 from .startup import read_startup, setting_statement
 from .wire import (
@@ -70,18 +70,19 @@ ENCODING_UNKNOWN = Verdict(
 class ClientMixin(FenceMixin):
     __slots__ = ()
 
-    def _from_client(self, data: bytes) -> Output:
+    def _from_client(self, data: bytes, start: int = 0) -> Output:
+        """`start`: where the messages begin in data (a release of held bytes, see fence.py;
+        then nothing is buffered or streamed from before)."""
         if self._held is not None and not self._c_skip:
             try:
-                self._hold(data)
+                self._hold(data, 0)
             except _Broken as exc:
                 self._closed = True
                 events = self._abandon_held(str(exc))
                 events.append(ProtocolError(str(exc), "client"))
                 return Output(events=events, close=True)
             return Output()
-        i = 0
-        fwd = 0
+        i = fwd = start
         if self._c_skip:
             k = self._c_skip
             n = len(data)
@@ -229,9 +230,10 @@ class ClientMixin(FenceMixin):
                 if ln < 4 or ln > _MAX_LEN:
                     raise _Broken(f"message length {ln} out of range")
                 end = i + 1 + ln
-                if self._fence and not self._fence_passes(t):
-                    self._hold(data[i:])
-                    return n, fwd, i
+                if self._fence and (t == 0x51 or t == 0x50 or self._fence_strict or self._s_copy):
+                    if self._fence_holds(data, i, t, end):
+                        self._hold(data, i, self._fence_rule(t) is None)
+                        return n, fwd, i
                 if end > n:
                     return self._client_tail(data, i, t, ln, fwd, parts, to_client, events)
                 if self._drop:
@@ -248,8 +250,7 @@ class ClientMixin(FenceMixin):
                                 self._seg_no += 1
                             fifo.append(_SYNC)
                             if self._seg_runs:
-                                self._seg_runs = False
-                                self._fence = True
+                                self._raise_fence()
                             i = end
                             continue
                         self._drop = 0
@@ -282,8 +283,11 @@ class ClientMixin(FenceMixin):
                     entry = self._portals.get(portal)
                     if entry is None:
                         events.append(StatementStarted(f"<unknown portal {_text(portal)!r}>", "execute"))
+                        self._seg_copy = True  # (a cursor: it cannot COPY, but nothing is lost)
                     else:
                         events.append(StatementStarted(entry[0], "execute", entry[1]))
+                        if may_copy(entry[0]):
+                            self._seg_copy = True
                     fifo.append(_EXEC)
                     self._seg_open = self._seg_runs = True
                 elif t == 0x53:  # S Sync
@@ -295,8 +299,7 @@ class ClientMixin(FenceMixin):
                         if self._granted:
                             self._seg_no += 1
                         if self._seg_runs:
-                            self._seg_runs = False
-                            self._fence = True
+                            self._raise_fence()
                 elif t == 0x44:  # D Describe
                     fifo.append(_DESCRIBE)
                     self._seg_open = True
@@ -338,8 +341,9 @@ class ClientMixin(FenceMixin):
             exc.fwd = fwd  # a refused message before it must stay withheld
             raise
         if i < n:  # a few bytes of the next header
-            if self._fence and not self._fence_passes(data[i]):
-                self._hold(data[i:])
+            # (a Query or Parse waits for its text, buffered: the end given says incomplete)
+            if self._fence and self._fence_holds(data, i, data[i], n + 1):
+                self._hold(data, i)
             else:
                 self._c_pend = bytearray(data[i:])
             return n, fwd, i
@@ -483,8 +487,7 @@ class ClientMixin(FenceMixin):
         if self._seg_runs and not reads_the_same_in_every_encoding(raw):
             return self._gated(text, "query", data, i, end, fwd, parts, to_client, events, ENCODING_UNKNOWN)
         if self._gate is None:
-            self._fence = True
-            self._seg_runs = False
+            self._raise_fence(may_copy(raw))
             events.append(StatementStarted(text, "query"))
             self._fifo.append(_QUERY)
             return fwd
@@ -503,8 +506,7 @@ class ClientMixin(FenceMixin):
         if verdict is None or verdict.action == "allow":
             events.append(StatementStarted(text, kind))
             self._fifo.append(_QUERY)
-            self._fence = True  # nothing more goes until its ReadyForQuery (see _hold)
-            self._seg_runs = False
+            self._raise_fence(kind == "query" and may_copy(data[i + 5 : end]))  # see fence.py
             return fwd
         events.append(StatementBlocked(text, verdict))
         if fwd < i:
@@ -514,8 +516,8 @@ class ClientMixin(FenceMixin):
             parts.append(b"Q" + _U32_PACK(len(_BLOCKED_SQL) + 5) + _BLOCKED_SQL + b"\0")
             self._fifo.append(_INJ_Q)
             self._payloads.append(payload)
-            self._fence = self._seg_runs  # its ReadyForQuery reports what the segment switched
-            self._seg_runs = False
+            if self._seg_runs:  # its ReadyForQuery reports what the segment switched
+                self._raise_fence()
         else:
             self._answer(payload, to_client)
             self._answer(None, to_client)

@@ -220,27 +220,19 @@ class ServerMixin:
                 events.append(StatementFailed(ENDED_SQLSTATE, ENDED_MESSAGE))
         fifo.clear()
 
-    def _fence_answered(self) -> bool:
-        """True once the server answered everything forwarded before the fence went up."""
-        for k in self._fifo:
-            if k == _SYNC or k == _QUERY or k == _INJ_Q or k == _STARTUP:
-                return False
-        return True
-
     def _open_fence(self, data: bytes, pos: int, fwd: int, parts: list[bytes], events: list[Event]) -> int:
-        """Right after the message at data[:pos] (a ReadyForQuery, or a CopyInResponse): let
-        what the client sent behind the fence go on, if it may now (see client.py)."""
-        held = self._held
+        """Right after the message at data[:pos] (a ReadyForQuery, an ErrorResponse or a
+        CopyInResponse): lower the fence once everything before it is answered, and let what
+        the client sent behind it go on, if it may now (see fence.py)."""
         if self._fence_answered():
-            self._fence = False
-        elif not held or not self._fence_passes(held[0]):
+            self._fence = self._fence_strict = False
+        elif self._held is None or self._head_waits():
             return fwd
-        if held is None:
+        if self._held is None:
             return fwd
-        self._held = None
         if self._fifo and self._fifo[0] >= _SYNTH:  # answers queued before these messages go first
             fwd = self._release(data, pos, fwd, parts)
-        more = self._from_client(bytes(held))
+        more = self._let_go()
         if fwd < pos:
             parts.append(data[fwd:pos])
         parts.append(more.to_client)
