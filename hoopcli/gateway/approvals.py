@@ -4,14 +4,14 @@ The gate files a request when the policy says `require_approval`; an approver (a
 one of the connection's approver groups, and never the requester) approves or denies it; an
 approval lets exactly that statement text through once, for the same identity on the same
 connection and database, within a window. Identities are principals, (issuer, sub): the same
-`sub` from another issuer is someone else, who neither sees nor uses the request. The book lives in memory and is thread-safe; a store (anything with
-`save(request)` and `load()`) can keep it across restarts.
+`sub` from another issuer is someone else, who neither sees nor uses the request. The book
+lives in memory and is thread-safe; a store (`save(request)`, `load()`) can keep it.
 
 A request keeps a bounded prefix of its statement (PREFIX_BYTES of UTF-8, cut on a character
 boundary) with the full text's SHA-256 and length, never the whole text: a statement can be
-up to 64 MiB, and a held one never ran. The grant is matched by (sub, connection, SHA-256),
-so only the exact text that was approved runs, however long its common prefix with another
-(with the requester's issuer and the session's database: see ApprovalRequest.key).
+up to 64 MiB, and a held one never ran. The grant is matched by (issuer, sub, connection,
+database, SHA-256), so only the exact text that was approved runs, however long its common
+prefix with another.
 Per requester, the pending requests are capped in number and in bytes of statement.
 """
 
@@ -246,11 +246,9 @@ class ApprovalBook:
             if not value > 0:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         self.approver_groups = frozenset(approver_groups)
-        self.connection_approvers = {
-            name: frozenset(groups) for name, groups in (connection_approvers or {}).items()
-        }
         if any(isinstance(groups, str) for groups in (connection_approvers or {}).values()):
             raise TypeError("connection_approvers maps a connection to a collection of group names")
+        self.connection_approvers = {name: frozenset(g) for name, g in (connection_approvers or {}).items()}
         self.grant_window = float(grant_window)
         self.pending_ttl = float(pending_ttl)
         self.retention = float(retention)
