@@ -4,7 +4,8 @@ PostgresEngine relay (tests/pg_engine_relay.py), plus the engine-only cases.
 
 Classes covered: another database through the startup (pinning, psql's \\c), replication
 connections, startup options and settings (client_encoding, -c, non -c switches, _pq_),
-a client_encoding switch by an opaque routine with a statement pipelined behind it, a
+a client_encoding switch by an opaque routine with a statement pipelined behind it (Shift_JIS
+bytes that hide an INSERT from the classifier: never sent; ASCII: sent at once, recorded so), a
 non-ASCII Parse after an Execute in the same segment, a Bind of a statement made by SQL
 PREPARE, and the client_encoding spellings the server accepts.
 """
@@ -19,10 +20,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hoopcli.gateway.policy.classifier import classify
 from hoopcli.gateway.protocols.base import (
     ProtocolError,
     SessionStarted,
     StatementBlocked,
+    StatementFailed,
     StatementFinished,
     StatementStarted,
     Verdict,
@@ -33,6 +36,7 @@ from hoopcli.gateway.protocols.pgwire.encodings import (
     reads_the_same_in_every_encoding,
 )
 from hoopcli.gateway.protocols.pgwire.startup import read_startup, setting_statement
+from hoopcli.gateway.protocols.pgwire.wire import ENDED_MESSAGE, ENDED_SQLSTATE, _text
 from hoopcli.gateway.protocols.postgres import DENY_SQLSTATE, PostgresEngine
 from tests.pg_engine_relay import Q, EngineRelay, RawClient, error_fields, msg
 
@@ -169,21 +173,73 @@ def test_startup_pairs_and_options_as_the_server_reads_them():
 # ---- client_encoding: the fence and the backstop (issue 17 item 2) ----------------------------
 
 
-def test_a_routine_switching_to_sjis_ends_the_session_before_the_pipelined_insert_runs(fence_db, pinned):
-    client = RawClient(pinned.port, "app_user", fence_db.app_password, "app")
-    n = len(pinned.events)
-    client.sock.sendall(Q("select hoop_to_sjis()") + Q("insert into fence_marks values (1)"))
+# Read as UTF-8 (the gateway) this is one SELECT of a string; read as Shift_JIS, 0x95 0x5C is one
+# character (表), the backslash is gone, the quote after it ends the string and the INSERT runs.
+SJIS_SMUGGLE = b"select E'\x95\\'; insert into fence_marks values (%d); --'"
+
+
+def only_selects(text: str) -> Verdict:
+    """A gate that holds anything the classifier does not read as a plain SELECT."""
+    if all(set(c.categories) <= {"select"} for c in classify(text, "postgres")):
+        return ALLOW
+    return Verdict("hold", "held", rule="t")
+
+
+@pytest.fixture(scope="module")
+def selects_only(pg_server):
+    relay = EngineRelay(pg_server.port, lambda: PostgresEngine(only_selects, database="app"))
+    yield relay
+    relay.close()
+
+
+def test_the_sjis_smuggle_runs_an_insert_the_classifier_cannot_see(fence_db):
+    """The control for the test below, straight against PostgreSQL (no engine): after the
+    opaque switch the server reads the hidden INSERT and runs it."""
+    assert only_selects(_text(SJIS_SMUGGLE % 4)) == ALLOW  # the gateway's reading: one SELECT
+    assert only_selects("insert into fence_marks values (4)") != ALLOW
+    client = RawClient(fence_db.port, "app_user", fence_db.app_password, "app")
+    client.sock.sendall(Q("select hoop_to_sjis()") + msg(b"Q", SJIS_SMUGGLE % 4 + b"\0"))
+    client.until(b"Z")
+    client.until(b"Z")
+    assert marks(fence_db, 4) == 1
+
+
+def test_a_routine_switching_to_sjis_ends_the_session_before_a_pipelined_smuggle_runs(fence_db, selects_only):
+    """The same two statements in one write through the engine: the second one's text does
+    not read the same in every encoding, so it waits behind the fence for the first one's
+    ReadyForQuery; the server's ParameterStatus client_encoding=SJIS comes before it, and the
+    session ends with the smuggle never sent. (Without the fence for non-ASCII text, it runs.)"""
+    client = RawClient(selects_only.port, "app_user", fence_db.app_password, "app")
+    n = len(selects_only.events)
+    smuggle = SJIS_SMUGGLE % 1
+    client.sock.sendall(Q("select hoop_to_sjis()") + msg(b"Q", smuggle + b"\0"))
     got = client.rest()
     kinds = [k for k, _ in got]
     assert kinds[:3] == [b"T", b"D", b"C"] and kinds[-1] == b"E"  # it ran; then the refusal
     fatal = error_fields(got[-1][1])
     assert fatal["S"] == "FATAL" and "client_encoding SJIS is not supported" in fatal["M"]
-    assert marks(fence_db, 1) == 0  # the pipelined INSERT never reached the server
-    events = pinned.events[n:]
+    assert marks(fence_db, 1) == 0  # the smuggled INSERT never reached the server
+    events = selects_only.events[n:]
     assert events[:2] == [StatementStarted("select hoop_to_sjis()", "query"), StatementFinished("SELECT 1")]
-    assert isinstance(events[2], StatementBlocked) and events[2].text == "insert into fence_marks values (1)"
+    assert isinstance(events[2], StatementBlocked) and events[2].text == _text(smuggle)
     assert events[2].verdict.rule == "session-ended"
     assert isinstance(events[3], ProtocolError) and "SJIS" in events[3].reason
+
+
+def test_an_ascii_statement_pipelined_after_the_switch_goes_at_once_and_is_recorded_so(fence_db, selects_only):
+    """ASCII text reads the same in every encoding, so the fence lets it go behind the switching
+    call without waiting; the record says it was sent and that its outcome is unknown (the
+    session ended at the switch, before its answer)."""
+    client = RawClient(selects_only.port, "app_user", fence_db.app_password, "app")
+    n = len(selects_only.events)
+    client.sock.sendall(Q("select hoop_to_sjis()") + Q("select 5"))
+    got = client.rest()
+    assert error_fields(got[-1][1])["S"] == "FATAL"
+    events = selects_only.events[n:]
+    assert events[:3] == [StatementStarted("select hoop_to_sjis()", "query"), StatementStarted("select 5", "query"),
+                          StatementFinished("SELECT 1")]
+    assert events[3] == StatementFailed(ENDED_SQLSTATE, ENDED_MESSAGE)  # sent, outcome unknown
+    assert isinstance(events[4], ProtocolError) and "SJIS" in events[4].reason
 
 
 def test_the_same_pipeline_with_a_safe_encoding_runs_both(fence_db, pinned):
