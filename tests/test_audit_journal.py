@@ -77,17 +77,24 @@ def test_rotation_carries_running_statements_and_trim_deletes_stored_segments(tm
 
 
 def test_a_torn_tail_ends_the_replay_at_the_last_whole_frame(tmp_path):
+    """A frame is one write (every start handed over since the last commit): a write torn by a
+    power loss is dropped whole, and none of its statements had been forwarded."""
     journal = Journal(tmp_path / "j")
     for n in range(3):
         journal.started(SESSION, time.time(), f"select {n}", "query", None)
-    journal.commit()
+        journal.commit()  # one write each, as three statements forwarded one after another
+    journal.started(SESSION, time.time(), "select 3", "query", None)
+    journal.started(SESSION, time.time(), "select 4", "query", None)
+    journal.commit()  # two starts of one loop turn: one frame
     journal.close(everything_stored=False)
     [segment] = (tmp_path / "j").glob("*.journal")
     whole = segment.read_bytes()
-    segment.write_bytes(whole[:-5])  # the last frame cut short (power lost mid-write)
-    assert [f[4] for f in read_frames(segment) if f[0] == "s"] == ["select 0", "select 1"]
+    starts = [f[4] for f in read_frames(segment) if f[0] == "s"]
+    assert starts == [f"select {n}" for n in range(5)]
+    segment.write_bytes(whole[:-5])  # the last write cut short (power lost mid-write)
+    assert [f[4] for f in read_frames(segment) if f[0] == "s"] == ["select 0", "select 1", "select 2"]
     segment.write_bytes(whole[:-5] + b"\xff" * 5 + whole[-5:])  # corrupted bytes: CRC mismatch
-    assert [f[4] for f in read_frames(segment) if f[0] == "s"] == ["select 0", "select 1"]
+    assert [f[4] for f in read_frames(segment) if f[0] == "s"] == ["select 0", "select 1", "select 2"]
 
 
 def _journal_of_a_killed_run(directory) -> str:

@@ -14,17 +14,22 @@ bytes go upstream:
              a gateway that dies loses what was queued (up to the writer's batch interval,
              more while the store is slow).
 
-Outcomes (rows, error, duration) and the other records are appended as they happen and
-written with the next start, or by the writer thread before it takes a batch: the store
-never holds a record the journal does not, so a restart knows what is stored.
+A start costs the event loop a tuple on a queue; the relay's commit() writes every start,
+outcome and other record handed over so far with one write() (group commit: the starts of
+every session since the last write share it), before the statement's bytes go upstream. The
+writer thread writes what is left before it takes a batch: the store never holds a record
+the journal does not, so a restart knows what is stored.
 
 Files: `<dir>/<run>.<segment>.journal`, one run per gateway start, a lock file keeping a
-second gateway out. Frames: length (4 bytes), CRC-32 (4), codec (1: marshal or pickle),
-payload; replay stops at the first frame that is short or does not match its CRC.
+second gateway out. One frame per write: length (4 bytes), CRC-32 (4), codec (1: marshal or
+pickle), then the payload, a list of entries; replay stops at the first frame that is short
+or does not match its CRC (a write torn by a power loss: none of its starts was forwarded).
 
     ("S", session_no, session)          a session's checked fields, once per segment
     ("s", start_id, session_no, started, text, kind, params)      a statement started
-    ("t", ticket, start_id, session_no, started, text, duration, outcome, tag, code, message, details)
+    ("o", ticket, start_id, duration, outcome, tag, code, message, details)   its outcome
+    ("t", ticket, 0, session_no, started, text, duration, outcome, tag, code, message, details)
+                                        a statement record with no journaled start
     ("d", ticket, record)               any other record (connect, session_end, held, …)
     ("b", last_ticket)                  the writer took a batch ending there (replay.py)
 
@@ -45,6 +50,7 @@ import threading
 import time
 import uuid
 import zlib
+from collections import deque
 from pathlib import Path
 
 from .masking import first_secret_keyword, mask_sql_secrets
@@ -73,16 +79,18 @@ def journal_text(text: str) -> str:
     return text if first < 0 else text[:first] + TOO_LARGE_TO_MASK
 
 
-def encode_frame(entry: tuple) -> bytes:
+def encode_frame(entries: list) -> bytes:
+    """One frame holding every entry of one write: one header and one CRC per write (group
+    commit), so a write torn by a power loss is found and dropped whole."""
     try:
-        codec, payload = _MARSHAL, marshal.dumps(entry)
+        codec, payload = _MARSHAL, marshal.dumps(entries)
     except ValueError:  # a details value marshal does not know
-        codec, payload = _PICKLE, pickle.dumps(entry, protocol=5)
+        codec, payload = _PICKLE, pickle.dumps(entries, protocol=5)
     return _HEAD.pack(len(payload), zlib.crc32(payload, codec), codec) + payload
 
 
 def read_frames(path: Path):
-    """Every whole frame of a segment; stops quietly at a torn or corrupt tail."""
+    """Every entry of every whole frame of a segment; stops quietly at a torn or corrupt tail."""
     data = path.read_bytes()
     at, end = 0, len(data)
     while at + _HEAD.size <= end:
@@ -93,7 +101,11 @@ def read_frames(path: Path):
             if start + length < end or len(payload) < length:
                 log.warning("audit journal %s: stopped at a torn frame at byte %d of %d", path.name, at, end)
             return
-        yield marshal.loads(payload) if codec == _MARSHAL else pickle.loads(payload)
+        entries = marshal.loads(payload) if codec == _MARSHAL else pickle.loads(payload)
+        if type(entries) is tuple:  # a journal from before frames were grouped: one entry each
+            yield entries
+        else:
+            yield from entries
         at = start + length
 
 
@@ -101,8 +113,18 @@ def segment_name(run: str, number: int) -> str:
     return f"{run}.{number:06d}.journal"
 
 
+# What the gateway's threads hand the journal (`Journal._pending`), turned into entries by
+# whichever thread writes next (`Journal._drain`), in the order they were handed over.
+_START, _OUTCOME, _RECORD, _FORGET = range(4)
+
+
 class Journal:
-    """The gateway's end: append (event loop and writer thread), commit, rotate, trim."""
+    """The gateway's end: append (event loop and writer thread), commit, rotate, trim.
+
+    Appending costs the event loop a tuple and a deque append (thread-safe without a lock);
+    `commit()` writes everything pending with one write() under the lock, which the writer
+    thread takes only to write a batch's boundary and the sync thread only to read where a
+    sync must reach."""
 
     def __init__(self, directory: str | Path, level: str = "process", *, segment_bytes: int = SEGMENT_BYTES):
         if level not in ("process", "power"):
@@ -114,20 +136,19 @@ class Journal:
         self._lock_file = lock_directory(self.directory)
         self.lock_fd = self._lock_file.fileno()  # the writer process inherits it (lock_directory)
         self.run = f"{uuid.uuid4().hex[:16]}"
-        self._lock = threading.Lock()  # the buffer, the file, the segment list
-        self._buffer: list[bytes] = []
+        self._pending: deque = deque()  # handed over, not yet written (any thread appends)
+        self._lock = threading.Lock()  # below: the file, the segment list, the session numbers
         self._segments: list[tuple[Path, int]] = []  # closed segments and their newest ticket
         self._number = -1
         self._fd = -1
         self._size = 0
         self._newest_ticket = 0
-        self._starts: dict[int, tuple[int, bytes, bytes]] = {}  # running: session number and frame, start frame
-        self._next_start = 0
-        self._sessions: dict[int, tuple[int, bytes, dict]] = {}  # id(session) → number, frame, session
+        self._starts: dict[int, tuple[tuple, tuple]] = {}  # running: start id → its session's entry, its entry
+        self._next_start = 0  # the event loop's
+        self._sessions: dict[int, tuple[int, tuple, dict]] = {}  # id(session) → number, entry, session
         self._in_segment: set[int] = set()  # session numbers written in the current segment
         self._next_session = 0
-        self._appended = 0  # frames appended, and how many of them are written / synced
-        self._written = 0
+        self._writes = 0  # write() calls made, and how many of them a sync covers ("power")
         self._synced = 0
         self._sync: _GroupSync | None = _GroupSync(self) if level == "power" else None
         with self._lock:
@@ -136,66 +157,46 @@ class Journal:
     # ---- the event loop: a statement starts; make it durable before forwarding ---------
 
     def started(self, session: dict, started: float, text: str, kind: str, params) -> int:
-        text = journal_text(text)
-        with self._lock:
-            self._next_start += 1
-            start_id = self._next_start
-            number, session_frame = self._session_number(session)
-            frame = encode_frame(("s", start_id, number, started, text, kind, params))
-            self._starts[start_id] = (number, session_frame, frame)
-            self._buffer.append(frame)
-            self._appended += 1
+        self._next_start += 1
+        start_id = self._next_start
+        self._pending.append((_START, start_id, session, started, journal_text(text), kind, params))
         return start_id
 
     def commit(self) -> int:
-        """0 when everything appended so far would survive at this level; for "power" not yet
-        synced, how many frames a sync must cover first (`synced`, `when_durable`)."""
-        if self._written != self._appended:
+        """0 when everything handed over so far would survive at this level; for "power" not
+        yet synced, the write count a sync must cover first (`synced`, `when_durable`)."""
+        if self._pending:
             with self._lock:
-                self._write_buffer()
+                self._drain()
         if self._sync is None:
             return 0
-        appended = self._appended
-        return 0 if self._synced >= appended else appended
+        writes = self._writes
+        return 0 if self._synced >= writes else writes
 
     @property
     def synced(self) -> int:
         return self._synced
 
     def when_durable(self, callback) -> None:
-        """("power") Run `callback` on the calling loop once a sync covers what is appended."""
+        """("power") Run `callback` on the calling loop once a sync covers what is written."""
         self._sync.wait(callback)
 
-    # ---- the writer (under its lock, in ticket order) ------------------------------------
+    # ---- records with tickets (AuditWriter.enqueue, under its lock: in ticket order) ------
 
     def completed(self, ticket: int, record, start_id: int = 0) -> None:
-        if type(record) is tuple:
-            session, started, text, duration, outcome, tag, code, message, details = record
-            text = journal_text(text)
-            with self._lock:
-                number = self._session_number(session)[0]
-                self._starts.pop(start_id, None)
-                self._buffer.append(encode_frame(
-                    ("t", ticket, start_id, number, started, text, duration, outcome, tag, code, message, details)
-                ))
-                self._appended += 1
-                self._newest_ticket = ticket
-            return
-        if isinstance(record, dict) and isinstance(record.get("statement"), str):
-            record = {**record, "statement": journal_text(record["statement"])}
-        frame = encode_frame(("d", ticket, record))
-        with self._lock:
-            self._buffer.append(frame)
-            self._appended += 1
-            self._newest_ticket = ticket
+        """A record the writer will store as `ticket`. A statement whose start is journaled
+        (`start_id`) keeps only its outcome here: replay takes the rest from the start."""
+        if start_id and type(record) is tuple:
+            _, _, _, duration, outcome, tag, code, message, details = record
+            self._pending.append((_OUTCOME, ticket, start_id, duration, outcome, tag, code, message, details))
+        else:
+            self._pending.append((_RECORD, ticket, record))
 
     def batch_taken(self, last_ticket: int) -> None:
         """The writer thread took tickets up to `last_ticket`: write them (and the boundary,
         for replay.py) before the batch can reach the store."""
         with self._lock:
-            self._buffer.append(encode_frame(("b", last_ticket)))
-            self._appended += 1
-            self._write_buffer()
+            self._drain(("b", last_ticket))
 
     def trim(self, stored: int) -> None:
         """Delete the closed segments whose every record the store holds."""
@@ -205,16 +206,16 @@ class Journal:
                 _unlink(path)
 
     def forget(self, session: dict) -> None:
-        """A session ended: its fields are no longer needed in new segments."""
-        with self._lock:
-            self._sessions.pop(id(session), None)
+        """A session ended: its fields are no longer needed in new segments (after what it
+        has handed over so far is written)."""
+        self._pending.append((_FORGET, session))
 
     def close(self, everything_stored: bool) -> None:
         """Stop; with everything stored, delete this run's files (else a restart replays them)."""
         if self._sync is not None:
             self._sync.stop()
         with self._lock:
-            self._write_buffer()
+            self._drain()
             os.close(self._fd)
             self._fd = -1
             if everything_stored:
@@ -226,28 +227,61 @@ class Journal:
 
     # ---- inside the lock ---------------------------------------------------------------
 
-    def _session_number(self, session: dict) -> tuple[int, bytes]:
-        """The session's number and frame, written first if this segment lacks it."""
+    def _drain(self, last: tuple | None = None) -> None:
+        """Write what is pending (and `last`) as one frame. Entries handed over meanwhile wait
+        for the next drain: whoever handed them over commits after this one ends."""
+        pending = self._pending
+        entries: list[tuple] = []
+        for _ in range(len(pending)):
+            item = pending.popleft()
+            what = item[0]
+            if what is _START:
+                _, start_id, session, started, text, kind, params = item
+                number, session_entry = self._session_number(session, entries)
+                entry = ("s", start_id, number, started, text, kind, params)
+                self._starts[start_id] = (session_entry, entry)
+            elif what is _OUTCOME:
+                entry = ("o", *item[1:])
+                self._starts.pop(item[2], None)
+                self._newest_ticket = item[1]
+            elif what is _RECORD:
+                entry = self._record_entry(item[1], item[2], entries)
+                self._newest_ticket = item[1]
+            else:  # _FORGET
+                self._sessions.pop(id(item[1]), None)
+                continue
+            entries.append(entry)
+        if last is not None:
+            entries.append(last)
+        if entries:
+            self._write(encode_frame(entries))
+
+    def _record_entry(self, ticket: int, record, entries: list) -> tuple:
+        if type(record) is tuple:  # a statement tuple (record.py) with no journaled start
+            session, started, text, duration, outcome, tag, code, message, details = record
+            number = self._session_number(session, entries)[0]
+            return ("t", ticket, 0, number, started, journal_text(text), duration, outcome, tag, code, message, details)
+        if isinstance(record, dict) and isinstance(record.get("statement"), str):
+            record = {**record, "statement": journal_text(record["statement"])}
+        return ("d", ticket, record)
+
+    def _session_number(self, session: dict, entries: list) -> tuple[int, tuple]:
+        """The session's number and entry; the entry goes into `entries` first if this
+        segment lacks it."""
         known = self._sessions.get(id(session))
         if known is None:
             self._next_session += 1
             number = self._next_session
-            known = self._sessions[id(session)] = (number, encode_frame(("S", number, session)), session)
+            known = self._sessions[id(session)] = (number, ("S", number, session), session)
         if known[0] not in self._in_segment:
             self._in_segment.add(known[0])
-            self._buffer.append(known[1])
-            self._appended += 1
+            entries.append(known[1])
         return known[0], known[1]
 
-    def _write_buffer(self) -> None:
-        if not self._buffer:
-            return
-        data = b"".join(self._buffer)
-        count = len(self._buffer)
-        self._buffer.clear()
+    def _write(self, data: bytes) -> None:
         _write_all(self._fd, data)
         self._size += len(data)
-        self._written += count
+        self._writes += 1
         if self._size >= self.segment_bytes:
             self._rotate()
 
@@ -258,19 +292,17 @@ class Journal:
         self._segments.append((self._path(self._number), self._newest_ticket))
         self._open_segment()
         # The statements still running, and their sessions, start the new segment.
-        for number, session_frame, frame in self._starts.values():
-            if number not in self._in_segment:
-                self._in_segment.add(number)
-                self._buffer.append(session_frame)
-                self._appended += 1
-            self._buffer.append(frame)
-            self._appended += 1
-        if self._buffer:
-            data = b"".join(self._buffer)
-            self._written += len(self._buffer)
-            self._buffer.clear()
+        entries: list[tuple] = []
+        for session_entry, entry in self._starts.values():
+            if session_entry[1] not in self._in_segment:
+                self._in_segment.add(session_entry[1])
+                entries.append(session_entry)
+            entries.append(entry)
+        if entries:
+            data = encode_frame(entries)
             _write_all(self._fd, data)
             self._size = len(data)
+            self._writes += 1
 
     def _open_segment(self) -> None:
         self._number += 1
@@ -319,8 +351,8 @@ class _GroupSync:
                     return
                 waiting, self._waiting = self._waiting, []
             with journal._lock:
-                journal._write_buffer()
-                upto, fd = journal._written, journal._fd
+                journal._drain()
+                upto, fd = journal._writes, journal._fd
             try:
                 os.fsync(fd)
             except OSError as exc:  # e.g. rotated meanwhile: the rotation synced the old one

@@ -74,6 +74,14 @@ def run_batches(run: str, segments: list[Path]) -> list[tuple[list, str]]:
             if tag == "s":
                 _, start_id, number, started, text, kind, params = entry
                 starts[start_id] = (sessions.get(number), started, text, kind, params)
+            elif tag == "o":
+                _, ticket, start_id, *outcome = entry
+                start = starts.pop(start_id, None)
+                if start is None:  # cannot happen: a segment carries the starts still running
+                    log.warning("audit journal: run %s: an outcome (ticket %d) without its start", run, ticket)
+                    continue
+                session, started, text, kind, params = start
+                records[ticket] = (session, started, text, *outcome)
             elif tag == "t":
                 _, ticket, start_id, number, *rest = entry
                 starts.pop(start_id, None)
