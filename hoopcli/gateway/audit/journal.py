@@ -145,6 +145,7 @@ class Journal:
         self._newest_ticket = 0
         self._starts: dict[int, tuple[tuple, tuple]] = {}  # running: start id → its session's entry, its entry
         self._next_start = 0  # the event loop's
+        self._turn: list = []  # the event loop's: callbacks waiting for this turn's write
         self._sessions: dict[int, tuple[int, tuple, dict]] = {}  # id(session) → number, entry, session
         self._in_segment: set[int] = set()  # session numbers written in the current segment
         self._next_session = 0
@@ -172,6 +173,30 @@ class Journal:
             return 0
         writes = self._writes
         return 0 if self._synced >= writes else writes
+
+    @property
+    def pending(self) -> bool:
+        """Something handed over is not written yet."""
+        return bool(self._pending)
+
+    def after_write(self, callback) -> None:
+        """Run `callback` on the calling loop at its next turn, after one commit() that writes
+        what every session handed over in this turn (group commit: one write() for them all).
+        One journal serves one event loop."""
+        self._turn.append(callback)
+        if len(self._turn) == 1:
+            import asyncio
+
+            asyncio.get_running_loop().call_soon(self._commit_turn)
+
+    def _commit_turn(self) -> None:
+        callbacks, self._turn = self._turn, []
+        try:
+            self.commit()
+        except OSError as exc:  # each callback commits again, fails and closes its session
+            log.error("audit journal: write failed: %s", exc)
+        for callback in callbacks:
+            callback()
 
     @property
     def synced(self) -> int:
