@@ -10,6 +10,11 @@ default: each statement's start written to the local journal before it is forwar
 a recorded connection, plus `record = false` on the async gateway as the no-recording floor.
 Paths run in turn (A B C … then B C … A), medians of the rounds, ratios to async recording.
 The journal lives on the work folder's disk (`mktemp`), as a gateway's would beside its store.
+
+Beside TPS, the gateway process's CPU per transaction (all its threads, from /proc, before
+and after each run): on a shared, loaded machine TPS swings by tens of percent from run to
+run, while what the gateway spends per transaction moves much less, so the durability cost
+is read best as µs of gateway CPU per transaction over async's.
 """
 
 from __future__ import annotations
@@ -29,8 +34,8 @@ from run import PG_BINDIRS, PY, REPO, Issuer, Postgres, Stack, _read_line, _read
 LEVELS = ("async", "process", "power")
 
 
-def start_level(stack: Stack, issuer: Issuer, pg_port: int, level: str) -> dict[str, int]:
-    """A gateway with `durability = level` and its tunnels: {path: local port}."""
+def start_level(stack: Stack, issuer: Issuer, pg_port: int, level: str) -> tuple[dict[str, int], int]:
+    """A gateway with `durability = level` and its tunnels: {path: local port}, its pid."""
     work = stack.root / f"gateway-{level}"
     work.mkdir()
     conn = (f'protocol = "postgres"\ntarget = "127.0.0.1:{pg_port}"\nsubjects = ["bench"]\ndatabase = "bench"\n'
@@ -61,7 +66,13 @@ def start_level(stack: Stack, issuer: Issuer, pg_port: int, level: str) -> dict[
         out = stack.root / f"connect-{level}-{name}.out"
         proc = stack.spawn(f"connect-{level}-{name}", [PY, "-m", "hoopcli", "connect", name, "--json"], env=client_env, stdout=open(out, "wb"))
         ports[path] = _ready_port(proc, out, stack, f"connect-{level}-{name}")
-    return ports
+    return ports, gw.pid
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process, every thread included (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> int:
@@ -82,34 +93,41 @@ def main() -> int:
         pg.start(stack)
         issuer = Issuer()
         ports: dict[str, int] = {}
+        pids: dict[str, int] = {}
         for level in LEVELS:
-            ports.update(start_level(stack, issuer, pg.port, level))
+            level_ports, pid = start_level(stack, issuer, pg.port, level)
+            ports.update(level_ports)
+            pids.update({path: pid for path in level_ports})
         paths = ["norec", *(f"rec-{level}" for level in LEVELS)]
         for p in paths:
             pgbench(pg, ports[p], max(clients), 3)  # warm-up
         results = {c: {p: [] for p in paths} for c in clients}
+        cpu = {c: {p: [] for p in paths} for c in clients}  # gateway CPU µs per transaction
         for rnd in range(rounds):
             order = paths[rnd % len(paths):] + paths[: rnd % len(paths)]
             for c in clients:
                 for p in order:
+                    before = cpu_seconds(pids[p])
                     r = pgbench(pg, ports[p], c, seconds)
+                    cpu[c][p].append((cpu_seconds(pids[p]) - before) * 1e6 / max(r.transactions, 1))
                     results[c][p].append(r.tps)
-                    say(f"round {rnd + 1}/{rounds} -c {c} {p:12s} {r.tps:9.0f} tps")
-        print(render(paths, clients, results))
+                    say(f"round {rnd + 1}/{rounds} -c {c} {p:12s} {r.tps:9.0f} tps  gateway {cpu[c][p][-1]:6.1f} µs CPU/txn")
+        print(render(paths, clients, results, cpu))
     finally:
         stack.close()
     return 0
 
 
-def render(paths, clients, results) -> str:
-    lines = ["| path | " + " | ".join(f"-c {c} TPS (÷ async)" for c in clients) + " |",
-             "|---|" + "---|" * len(clients)]
+def render(paths, clients, results, cpu) -> str:
+    lines = ["| path | " + " | ".join(f"-c {c} TPS (÷ async) | -c {c} gateway µs CPU/txn (− async)" for c in clients) + " |",
+             "|---|" + "---|---|" * len(clients)]
     for p in paths:
         cells = []
         for c in clients:
             tps = statistics.median(results[c][p])
             base = statistics.median(results[c]["rec-async"])
-            cells.append(f"{tps:.0f} ({tps / base:.3f})")
+            us, base_us = statistics.median(cpu[c][p]), statistics.median(cpu[c]["rec-async"])
+            cells.append(f"{tps:.0f} ({tps / base:.3f}) | {us:.1f} ({us - base_us:+.1f})")
         lines.append(f"| {p} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
