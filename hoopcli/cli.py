@@ -510,7 +510,7 @@ def policy_test(
 def dev(
     workdir: Optional[str] = typer.Option(None, "--workdir", help="Keep everything in this folder (default: a temp dir removed at exit)."),
     auto_approve: bool = typer.Option(False, "--auto-approve", help="Approve every device code at once, without opening the link."),
-    identity: Optional[str] = typer.Option(None, "--as", help="With --auto-approve: sign in as dev-admin (default), dev-user or dev-agent."),
+    identity: Optional[str] = typer.Option(None, "--as", help="With --auto-approve: sign the dev profile in as dev-user (default), dev-admin or dev-agent (dev-approver is always dev-admin)."),
     demo: bool = typer.Option(False, "--demo", help="Run the whole loop unattended (login, statements, a held DROP, the audit trail) and exit."),
     port: int = typer.Option(0, "--port", help="Gateway port on 127.0.0.1 (default: a free one)."),
     json_out: bool = JsonOpt,
