@@ -304,6 +304,39 @@ def test_text_called_encoding_safe_keeps_every_ascii_byte_in_every_refused_codec
         assert [c for c in text if c.isascii()] == [chr(b) for b in raw if b < 0x80], codec
 
 
+def _walked(raw: bytes) -> bool:
+    """The specification of reads_the_same_in_every_encoding, byte by byte: each refused
+    encoding's character lengths as the server's mblen gives them (SJIS: half-width katakana
+    one byte, other leads two; BIG5/GBK/UHC two; GB18030 four when a digit follows the lead;
+    JOHAB three after 0x8F); false when a character would take in an ASCII byte."""
+    lengths = (
+        lambda i: 1 if 0xA1 <= raw[i] <= 0xDF else 2,
+        lambda i: 2,
+        lambda i: 4 if i + 1 < len(raw) and 0x30 <= raw[i + 1] <= 0x39 else 2,
+        lambda i: 3 if raw[i] == 0x8F else 2,
+    )
+    for mblen in lengths:
+        i = 0
+        while i < len(raw):
+            step = mblen(i) if raw[i] >= 0x80 else 1
+            if any(b < 0x80 for b in raw[i + 1 : i + step]):
+                return False
+            i += step
+    return True
+
+
+# The bytes at each edge of a role: ASCII/lead, GB18030's digits, JOHAB's 0x8F, SJIS's katakana.
+_ROLES = st.sampled_from([bytes([b]) for b in (0x27, 0x2F, 0x30, 0x39, 0x3A, 0x5C, 0x7F, 0x80, 0x8E, 0x8F, 0x90, 0xA0, 0xA1, 0xDF, 0xE0, 0xFF)])
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.one_of(st.binary(max_size=40), st.lists(_ROLES, max_size=30).map(b"".join)))
+def test_the_fast_encoding_check_is_the_byte_by_byte_walk(raw):
+    """The check the fence runs on every non-ASCII statement behind it is done with C-speed
+    primitives; it must say exactly what the byte-by-byte walk says."""
+    assert reads_the_same_in_every_encoding(raw) == _walked(raw)
+
+
 def test_the_safe_spellings_are_the_servers(pg_server):
     """Each client_encoding spelling the engine accepts names, for the server, the encoding the
     engine thinks; every encoding the server can report is on the allow-list or refused."""

@@ -13,6 +13,8 @@ name this module does not know, is refused.
 
 from __future__ import annotations
 
+import re
+
 from .wire import _Broken, fatal_response
 
 # Canonical names, as the server reports them in ParameterStatus (pg_encoding_to_char).
@@ -55,35 +57,34 @@ def reads_the_same_in_every_encoding(raw: bytes) -> bool:
     """True when no refused encoding could read an ASCII byte of `raw` as part of a multibyte
     character (so the server reads it as the gateway does, whatever client_encoding it has).
     Conservative: it follows each encoding's character lengths as the server's mblen does and
-    does not ask whether the sequence would be valid."""
+    does not ask whether the sequence would be valid.
+
+    Done at C speed: each byte becomes a letter for its role in that encoding (a: ASCII, H: a
+    lead of two bytes, ...), whole characters are cut out left to right as the server reads
+    them, and a lead left over right before an ASCII byte is a character that would swallow it.
+    GB18030's four-byte characters have an ASCII digit second, so its rule is the two-byte one;
+    a character cut short by the end of the text swallows nothing."""
     if raw.isascii():
         return True
-    n = len(raw)
-    for mblen in (_sjis_len, _double_len, _gb18030_len, _johab_len):
-        i = 0
-        while i < n:
-            step = mblen(raw, i) if raw[i] >= 0x80 else 1
-            for j in range(i + 1, min(i + step, n)):
-                if raw[j] < 0x80:
-                    return False
-            i += step
-    return True
+    if b"Ha" in raw.translate(_AS_DOUBLE).replace(b"HH", b""):  # BIG5, GBK, UHC, GB18030
+        return False
+    if b"La" in _SJIS_CHARS(b"", raw.translate(_AS_SJIS)):
+        return False
+    if b"\x8f" not in raw:  # JOHAB's only three-byte lead: without it JOHAB reads as BIG5 does
+        return True
+    return _LEAD_BEFORE_ASCII(_JOHAB_CHARS(b"", raw.translate(_AS_JOHAB))) is None
 
 
-def _sjis_len(raw: bytes, i: int) -> int:
-    return 1 if 0xA1 <= raw[i] <= 0xDF else 2  # half-width katakana are one byte
+def _roles(role) -> bytes:
+    return bytes(0x61 if b < 0x80 else ord(role(b)) for b in range(256))
 
 
-def _double_len(raw: bytes, i: int) -> int:  # BIG5, GBK, UHC
-    return 2
-
-
-def _gb18030_len(raw: bytes, i: int) -> int:
-    return 4 if i + 1 < len(raw) and 0x30 <= raw[i + 1] <= 0x39 else 2
-
-
-def _johab_len(raw: bytes, i: int) -> int:  # pg_johab_mblen is pg_euc_mblen
-    return 3 if raw[i] == 0x8F else 2
+_AS_DOUBLE = _roles(lambda b: "H")
+_AS_SJIS = _roles(lambda b: "K" if 0xA1 <= b <= 0xDF else "L")  # half-width katakana are one byte
+_AS_JOHAB = _roles(lambda b: "J" if b == 0x8F else "H")  # pg_johab_mblen is pg_euc_mblen
+_SJIS_CHARS = re.compile(rb"K+|L[KL]").sub
+_JOHAB_CHARS = re.compile(rb"J[HJ][HJ]|H[HJ]").sub
+_LEAD_BEFORE_ASCII = re.compile(rb"[HJ]a").search
 
 
 class EncodingRefused(_Broken):
