@@ -4,6 +4,8 @@ Feeds what pgbench's built-in select-only script puts on the wire —
 `SELECT abalance FROM pgbench_accounts WHERE aid = :aid` — in its three query modes,
 one read per direction per transaction (as with -c 1: every round trip is a read), plus
 pipelined reads and COPY bulk streams both ways, and prints messages/s and transactions/s.
+"non-ASCII" pipelines carry a comment (/* 中 */) whose text a client_encoding switch could
+change: the encoding fence holds each such Query until the one before it is answered.
 
     .venv/bin/python bench/engine_postgres.py [--seconds 2]
 
@@ -62,8 +64,9 @@ def transactions(mode: str, count: int) -> list[tuple[bytes, bytes]]:
     out = []
     for _ in range(count):
         aid = rng.randint(1, 100_000)
-        if mode == "simple":
-            client = msg(b"Q", SQL.replace("$1", str(aid)).encode() + b"\0")
+        if mode == "simple" or mode == "non-ASCII":
+            sql = SQL.replace("$1", str(aid)) + (" /* 中 */" if mode == "non-ASCII" else "")
+            client = msg(b"Q", sql.encode() + b"\0")
             server = RESULT
         elif mode == "extended":
             client = parse() + bind(aid) + DESCRIBE + EXECUTE + SYNC
@@ -171,6 +174,8 @@ def main() -> None:
                 label = "1 tx per read, gated (unused)"
             msgs, txs = bench(mode, args.seconds, batch, gate)
             print(f"select-only -M {mode:9} {label:29} {msgs:12,.0f} {txs:10,.0f} {1e6 / txs:7.2f}")
+    msgs, txs = bench("non-ASCII", args.seconds, 50)
+    print(f"select-only -M simple    {'50 tx per read, non-ASCII':29} {msgs:12,.0f} {txs:10,.0f} {1e6 / txs:7.2f}")
     print(f"COPY FROM STDIN, 64 KiB reads: {bench_copy(args.seconds):,.0f} MB/s")
     print(f"COPY TO STDOUT, ~100-byte rows, 64 KiB reads: {bench_copy_out(args.seconds):,.0f} MB/s")
 
