@@ -73,15 +73,19 @@ Rules (each one is tested in tests/test_protocol_postgres.py):
   `_pq_.*`, `options` switches other than -c, and a client_encoding off the allow-list are
   refused with a FATAL ErrorResponse and a `StatementBlocked`; every other setting is judged
   by the gate as `SET name TO 'value'` and recorded as a statement of kind "startup".
-* The encoding fence (pgwire/client.py): after forwarding a Query, a FunctionCall, or the Sync
-  of a segment with a Bind or Execute, the engine holds what the client sends next until the
-  server's ReadyForQuery for it (COPY data passes while the server reads it; anything passes
-  while the server skips to a Sync not yet sent). A ParameterStatus client_encoding off the
-  allow-list (pgwire/encodings.py) ends the session at once: the statement that switched is
-  recorded as it ended (it ran), held statements as `StatementBlocked` rule "session-ended",
-  and nothing more reaches the server. Inside one segment, a Parse or Query after a Bind or
-  Execute is refused (rule "encoding-unknown") unless its text reads the same in every refused
-  encoding.
+* The encoding fence (pgwire/fence.py): after forwarding a Query, a FunctionCall, or the Sync
+  of a segment with a Bind or Execute, the engine holds the next Query or Parse whose text
+  (and name) does not read the same in every refused encoding (pgwire/encodings.py), and
+  everything after it, until the server's ReadyForQuery for every statement forwarded before
+  it; ASCII text, and every other message, goes on at once, in order. Behind a statement whose
+  text says COPY everything waits, as a whole fence, until the server answers it; while the
+  server reads COPY data only COPY messages pass; anything passes while the server skips to a
+  Sync not yet sent. A ParameterStatus client_encoding off the allow-list ends the session at once: the
+  statement that switched is recorded as it ended (it ran), statements forwarded after it as
+  failed 08006 (outcome unknown: they read the same, and may have run), held statements as
+  `StatementBlocked` rule "session-ended", and nothing more reaches the server. Inside one
+  segment, a Parse or Query after a Bind or Execute is refused (rule "encoding-unknown")
+  unless its text reads the same in every refused encoding.
 * A Bind of a statement name the engine never saw a Parse for (SQL PREPARE, a routine) is
   refused like a blocked Parse (rule "unknown-statement"): the gate never judged its text.
 * A message the engine must buffer (Q, P, E, C, D, ErrorResponse, ...) declaring more than
