@@ -24,7 +24,7 @@ def test_one_psql_session_gives_exact_records_in_order(gateway, as_user, pg_serv
     )
     assert result.code == 0, result.err  # psql carries on past the failing third statement
     first = [r for r in gateway.records(kind="statement", sub="alice") if r["statement"] == "select 'order-1'"][-1]
-    session = gateway.records(session_id=first["session_id"])
+    session = gateway.records(session_id=first["session_id"], ended=True)
     assert [r["kind"] for r in session] == ["connect"] + ["statement"] * 5 + ["session_end"]
     statements = [(r["statement"], r["outcome"], r["tag"], r["code"]) for r in session if r["kind"] == "statement"]
     assert statements == [

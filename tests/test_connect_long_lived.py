@@ -54,6 +54,7 @@ def _stderr_until(proc, needle: str, timeout: float = 15) -> str:
 
 
 def test_connect_survives_logout_and_login(tmp_path, gateway, oidc_provider, pg_server):
+    since = time.time()
     runtime = Path(tempfile.mkdtemp(prefix="hoop-rt-"))
     home = tmp_path / "home"
     home.mkdir()
@@ -91,6 +92,6 @@ def test_connect_survives_logout_and_login(tmp_path, gateway, oidc_provider, pg_
             tunnel.communicate(timeout=15)
         subprocess.run(HOOP + ["agent", "--stop"], env=env, capture_output=True, timeout=15)
         shutil.rmtree(runtime, ignore_errors=True)
-    markers = {r["statement"] for r in gateway.records(kind="statement", sub="alice")}
+    markers = {r["statement"] for r in gateway.records(kind="statement", sub="alice", since=since, ended=True)}
     assert {"select 'before-logout'", "select 'after-login'"} <= markers
     assert "select 'while-logged-out'" not in markers

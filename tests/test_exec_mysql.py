@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 
@@ -79,10 +80,12 @@ def test_exec_c_json_with_mariadb(gateway, alice_my):
 
 
 def test_character_sets_that_could_fool_the_policy_are_refused(gateway, alice_my):
+    since = time.time()
     at_login = run_subprocess(["exec", "app-mysql", "--", "mariadb", "--default-character-set=gbk", "-e", "select 1"], alice_my)
     assert at_login.code != 0
     switched = _mariadb(alice_my, "SET NAMES gbk")
     assert switched.code != 0 and "character set is not supported" in switched.err
     assert _mariadb(alice_my, "SET NAMES utf8mb4; select 'still-fine'").out.strip() == "still-fine"
-    ends = [r for r in gateway.records(kind="session_end", sub="alice", connection="app-mysql") if "collation" in (r["message"] or "")]
+    ends = gateway.records(kind="session_end", sub="alice", connection="app-mysql", since=since, ended=True)
+    ends = [r for r in ends if "collation" in (r["message"] or "")]
     assert ends and ends[-1]["outcome"] == "error"

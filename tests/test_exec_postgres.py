@@ -138,7 +138,7 @@ def test_tcp_connection_gets_session_records_with_byte_counts(gateway, alice):
     result = run_subprocess(["exec", "pg-raw", "--", "sh", "-c", script], alice)
     assert result.code == 0, result.err
     assert result.out.strip() == "raw-tcp"
-    records = gateway.records(connection="pg-raw", sub="alice")
+    records = gateway.records(connection="pg-raw", sub="alice", ended=True)
     assert {r["kind"] for r in records} == {"connect", "session_end"}  # bytes only, no statements
     end = [r for r in records if r["kind"] == "session_end"][-1]
     assert end["details"]["bytes_up"] > 0 and end["details"]["bytes_down"] > 0
@@ -159,6 +159,6 @@ def test_client_encoding_that_could_fool_the_policy_is_refused(gateway, as_user,
 def test_record_false_keeps_only_session_records(gateway, alice):
     result = run_subprocess(["exec", "pg-norec", "--", "psql", "-X", "-A", "-t", "-c", "select 'not-recorded'"], alice)
     assert result.code == 0 and result.out.strip() == "not-recorded"
-    records = gateway.records(connection="pg-norec", sub="alice")
+    records = gateway.records(connection="pg-norec", sub="alice", ended=True)
     assert {r["kind"] for r in records} == {"connect", "session_end"}
     assert all("not-recorded" not in (r["statement"] or "") for r in gateway.records(sub="alice"))

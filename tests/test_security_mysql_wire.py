@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,7 @@ def test_a_held_statement_over_16_mib_is_answered_in_sequence_and_the_connection
 
 
 def test_logins_in_multibyte_character_sets_that_hide_quotes_are_refused(gateway, alice_my):
+    since = time.time()
     checks = run_checks(alice_my, "charsets")
     for charset in ("sjis", "gbk", "big5", "cp932"):
         check = checks[charset]
@@ -102,7 +104,8 @@ def test_logins_in_multibyte_character_sets_that_hide_quotes_are_refused(gateway
     raw = checks["raw-gbk"]
     assert raw["seq"] == 2 and raw["answer"].startswith("ff5b04")  # ERR 1115, in sequence
     assert "collation id 28" in raw["text"]
-    ends = [r for r in gateway.records(kind="session_end", sub="alice", connection="app-mysql") if "collation id 28" in (r["message"] or "")]
+    ends = gateway.records(kind="session_end", sub="alice", connection="app-mysql", since=since, ended=True)
+    ends = [r for r in ends if "collation id 28" in (r["message"] or "")]
     assert ends and ends[-1]["outcome"] == "error"
 
 
@@ -133,9 +136,10 @@ def test_a_command_smuggled_into_the_auth_exchange_never_runs(gateway, alice_my,
     """A COM_QUERY with id 2 in the same write as the login: the engine, still in the auth
     phase, refuses it (MariaDB would also refuse it as out of order; the gateway does not rely
     on that) and the table is still there."""
+    since = time.time()
     table = fresh_table(mysql_db, "auth")
     checks = run_checks(alice_my, "auth-smuggle", f"app.{table}")
     assert checks["auth-smuggle"]["answers"][-1] == "ConnectionError: closed"
     assert row_count(mysql_db, table) == 3
-    ends = gateway.records(kind="session_end", sub="alice", connection="app-mysql")
+    ends = gateway.records(kind="session_end", sub="alice", connection="app-mysql", since=since, ended=True)
     assert any("during authentication" in (r["message"] or "") for r in ends)

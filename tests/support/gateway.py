@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -36,6 +37,8 @@ import pytest
 from tests.support.cli import REPO
 
 STARTUP_TIMEOUT = 30
+STORE_TIMEOUT = 15  # seconds a record may take to reach the store before a test fails
+BARRIER_PREFIX = "hoop-barrier-"  # connection names of barrier records (tests/support/gateway.py)
 
 
 @dataclass
@@ -72,13 +75,53 @@ class GatewayProcess:
         answer = self.raw(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n".encode())
         return parse_response(answer)
 
-    def records(self, **filters) -> list[dict]:
-        """Every record so far, read straight from the store (after the writer's batch interval)."""
+    def records(self, *, ended: bool = False, timeout: float = STORE_TIMEOUT, **filters) -> list[dict]:
+        """The stored records that match `filters` (store.query's: sub, connection, since, kind,
+        session_id), read once the store holds everything the gateway had submitted when this
+        was called: a barrier, not a sleep, so "not recorded" and counts mean what they say.
+
+        A session's session_end (and a statement still pending at the end) is submitted only
+        when the gateway sees the connection close, which may come after the client is done:
+        with `ended=True` it first waits until every session the filters select (kind aside)
+        has its session_end, and all of that session is stored before it."""
+        deadline = time.monotonic() + timeout
+        self.barrier(deadline)
+        if ended:
+            self._wait_sessions_ended(deadline, **{k: v for k, v in filters.items() if k != "kind"})
+        return self.query(**filters)
+
+    def query(self, **filters) -> list[dict]:
+        """The store as it is now (no waiting)."""
         from hoopcli.gateway.audit import open_store
 
-        time.sleep(0.3)
         with open_store(self.audit_store) as store:
             return store.query(**filters)
+
+    def barrier(self, deadline: float) -> None:
+        """Returns once every record the gateway submitted before this call is stored.
+
+        A refused CONNECT to a unique name is recorded before the refusal is sent, and the
+        writer stores records in the order they were submitted (one queue, batches in order),
+        so once that marker is in the store, so is everything submitted before it. Its reason
+        (a malformed token) is one no test looks for."""
+        name = f"{BARRIER_PREFIX}{uuid.uuid4().hex[:12]}"
+        status, _ = self.connect_status(f"{name}:1", "barrier-not-a-jwt")
+        assert status == 407, f"the barrier CONNECT got {status}, not 407"
+        self._poll(deadline, lambda: self.query(kind="connect", connection=name), f"the barrier record {name}")
+
+    def _wait_sessions_ended(self, deadline: float, **filters) -> None:
+        def open_sessions() -> bool:
+            opened = {r["session_id"] for r in self.query(kind="connect", **filters) if r["outcome"] == "ok"}
+            ended = {r["session_id"] for r in self.query(kind="session_end", **filters)}
+            return not (opened - ended)
+
+        self._poll(deadline, open_sessions, f"a session_end for every session of {filters}")
+
+    def _poll(self, deadline: float, done, what: str) -> None:
+        while not done():
+            if time.monotonic() > deadline or not self.alive():
+                pytest.fail(f"the gateway's store never showed {what} (gateway alive: {self.alive()})", pytrace=False)
+            time.sleep(0.01)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
