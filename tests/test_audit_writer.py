@@ -59,11 +59,11 @@ def test_submit_is_cheap_and_never_touches_the_store(store):
     flaky = FlakyStore(store)
     writer = AuditWriter(flaky, batch_size=100, interval=0.02)
     record = new_record("statement", sub="alice", statement="select 1")
-    started = time.perf_counter()
+    started = time.thread_time()  # CPU of this thread: a loaded machine does not stretch it
     tickets = [writer.submit(record) for _ in range(2000)]
-    per_submit = (time.perf_counter() - started) / 2000
+    per_submit = (time.thread_time() - started) / 2000
     assert tickets == list(range(1, 2001))
-    assert per_submit < 200e-6  # ~2-3 µs on a laptop
+    assert per_submit < 200e-6  # ~2-3 µs on a laptop; an SQLite insert per submit costs far more
     assert writer.flush(10)
     assert threading.get_ident() not in flaky.threads
     assert max(flaky.batches) <= 100 and len(flaky.batches) < 2000  # batched
@@ -282,11 +282,13 @@ def test_webhook_retries_connection_errors_without_blocking_the_caller(receiver_
     url = receiver.url
     receiver.close()  # nothing listens there any more
     hook = WebhookExporter(url, timeout=1, max_retries=2, backoff=0.01)
-    started = time.monotonic()
+    posted_from = []  # the threads each attempt ran on: none may be the caller's
+    post = hook._session.post
+    hook._session.post = lambda *a, **kw: posted_from.append(threading.get_ident()) or post(*a, **kw)
     hook.export([{"seq": 1}])
-    assert time.monotonic() - started < 0.05
     hook.close(timeout=5)
     assert hook.dropped == 1 and hook.last_error.startswith("ConnectionError after 3 attempt(s)")
+    assert len(posted_from) == 3 and threading.get_ident() not in posted_from
 
 
 def test_a_hung_store_makes_the_writer_unhealthy(monkeypatch):
