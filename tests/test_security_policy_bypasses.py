@@ -147,7 +147,7 @@ def test_merge_arm_without_its_own_condition_is_unbounded_and_held(sql, category
 @pytest.mark.parametrize(
     "sql",
     [
-        "MERGE INTO customers c USING new_customers s ON c.id = s.id WHEN MATCHED AND s.gone THEN DELETE "
+        "MERGE INTO customers c USING new_customers s ON c.id = s.id WHEN MATCHED AND c.archived THEN DELETE "
         "WHEN MATCHED AND c.name <> 'keep' THEN UPDATE SET name = s.name WHEN NOT MATCHED THEN INSERT VALUES (s.id, s.name)",
         "MERGE INTO customers c USING new_customers s ON c.id = s.id WHEN NOT MATCHED THEN INSERT VALUES (s.id, s.name)",
         "EXPLAIN MERGE INTO customers c USING customers s ON c.id = s.id WHEN MATCHED THEN DELETE",
@@ -489,3 +489,104 @@ def test_access_replication_and_the_servers_record_are_held(sql, dialect):
 def test_a_scalar_subquery_is_one_value():
     assert decide("DELETE FROM t WHERE id = (SELECT max(id) FROM t)", PG) == "allow"
     assert decide("DELETE FROM t WHERE id = ANY(ARRAY(SELECT id FROM u WHERE u.x = 1))", PG) == "allow"
+
+
+# ---- 11. what the red team found after the first round ------------------------------------
+
+RED_TEAM = [
+    # version-gated comments some server skips: the quote that hid the rest never opens
+    ("SELECT 1 /*!50700 '*/; DROP TABLE u; -- '*/", MY, "require_approval"),
+    ("DELETE FROM t WHERE name = 'a' /*!50700 '*/ OR 1=1 -- '*/", MY, "require_approval"),
+    ("SELECT 1 /*!50700 '*/; SET NAMES sjis; -- '*/", MY, "deny"),
+    ("SELECT 1 /*M! '*/; DROP TABLE u; -- '*/", MY, "require_approval"),
+    ("SELECT 1 /*!999999 '*/; DROP TABLE u; -- '*/", MY, "require_approval"),
+    # column notation calls a function of one argument
+    ("SELECT ('DROP TABLE victim'::text).dblink_exec", PG, "require_approval"),
+    ("SELECT ('postgresql.conf'::text).pg_read_file", PG, "require_approval"),
+    ("SELECT ((SELECT 1)).pg_terminate_backend", PG, "require_approval"),
+    ("SELECT lo_truncate(lo_open(oid, 131072), 0) FROM pg_largeobject_metadata", PG, "require_approval"),
+    ("SELECT dblink_connect('dbname=other')", PG, "require_approval"),
+    # upserts and REPLACE fed by a SELECT touch every row they read
+    ("INSERT INTO t SELECT * FROM t ON CONFLICT (id) DO UPDATE SET name = NULL", PG, "require_approval"),
+    ("INSERT INTO t (id) SELECT id FROM t ON DUPLICATE KEY UPDATE name = NULL", MY, "require_approval"),
+    ("REPLACE INTO t (id) SELECT id FROM t", MY, "require_approval"),
+    # a WHERE on a joined table, not the target
+    ("DELETE FROM t USING u WHERE u.id = 5", PG, "require_approval"),
+    ("UPDATE t SET name = NULL FROM u WHERE u.id = 5", PG, "require_approval"),
+    ("DELETE t FROM t JOIN u ON 1 = 1 WHERE u.id = 5", MY, "require_approval"),
+    ("UPDATE t, u SET t.name = NULL WHERE u.id = 5", MY, "require_approval"),
+    ("MERGE INTO t USING (SELECT 1 AS k) s ON true WHEN MATCHED AND s.k = 1 THEN DELETE", PG, "require_approval"),
+    # EXISTS, correlated scalars, negations, tests and arithmetic that match every row
+    ("DELETE FROM t WHERE EXISTS (SELECT 1 FROM u WHERE u.id = 5)", PG, "require_approval"),
+    ("DELETE FROM t WHERE EXISTS (SELECT 1 FROM (SELECT 1 AS k) d WHERE d.k = 1)", MY, "require_approval"),
+    ("DELETE FROM t WHERE id = (SELECT id)", PG, "require_approval"),
+    ("DELETE FROM t WHERE id = (SELECT id)", MY, "require_approval"),
+    ("DELETE FROM t WHERE NOT (id = 0 AND false)", PG, "require_approval"),
+    ("DELETE FROM t WHERE !(id = 0 && 0)", MY, "require_approval"),
+    ("DELETE FROM t WHERE (id = id) IS TRUE", PG, "require_approval"),
+    ("DELETE FROM t WHERE coalesce(id = id, true)", PG, "require_approval"),
+    ("DELETE FROM t WHERE id IS DISTINCT FROM NULL", PG, "require_approval"),
+    ("DELETE FROM t WHERE id - id = 0", PG, "require_approval"),
+    ("DELETE FROM t WHERE id - id = 0", MY, "require_approval"),
+    ("DELETE FROM t WHERE id XOR 0", MY, "require_approval"),
+    ("DELETE FROM t WHERE id <= (SELECT max(id) FROM t)", PG, "require_approval"),
+    # nested grants, SQL-running procedures, adjacent literals, quoted names
+    ("CREATE SCHEMA s2 GRANT ALL ON public.mine TO PUBLIC", PG, "require_approval"),
+    ("CALL sys.execute_prepared_stmt('DROP TABLE app.u')", MY, "require_approval"),
+    ("CALL mysql.DropGeometryColumn('', 'app', 't', 'name')", MY, "require_approval"),
+    ("PREPARE s FROM 'DELETE FROM t WHERE id = 1' ' OR 1=1'", MY, "require_approval"),
+    ("PREPARE s FROM 'SET NAMES ascii' ', character_set_client = sjis'", MY, "deny"),
+    ("SELECT `load_file`('/etc/hostname')", MY, "require_approval"),
+    # whose privileges, and the server's own safety
+    ("SET ROLE admin", PG, "require_approval"), ("SET SESSION AUTHORIZATION bob", PG, "require_approval"),
+    ("SET ROLE admin", MY, "require_approval"), ("SET default_transaction_read_only = off", PG, "require_approval"),
+    ("SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE", PG, "require_approval"),
+    ("SET sql_safe_updates = 0", MY, "require_approval"), ("SET log_slow_query = 0", MY, "require_approval"),
+    ("CREATE SERVER other FOREIGN DATA WRAPPER postgres_fdw OPTIONS (dbname 'other')", PG, "require_approval"),
+    ("CREATE USER MAPPING FOR CURRENT_USER SERVER other", PG, "require_approval"),
+]
+RED_TEAM_NEIGHBOURS = [
+    ("DELETE FROM t USING u WHERE t.id = 5 AND t.owner = u.id", PG), ("UPDATE t, u SET t.name = NULL WHERE t.id = 5", MY),
+    ("DELETE FROM t WHERE id = (SELECT max(id) FROM t)", PG), ("DELETE FROM t WHERE id = (SELECT max(id) FROM t)", MY),
+    ("DELETE FROM t WHERE id IN (SELECT id FROM t ORDER BY id LIMIT 1000)", PG), ("DELETE FROM t ORDER BY id LIMIT 1000", MY),
+    ("DELETE FROM t WHERE NOT active", PG), ("INSERT INTO t VALUES (1, 'a') ON CONFLICT (id) DO UPDATE SET name = 'a'", PG),
+    ("REPLACE INTO t VALUES (1)", MY), ("RESET ROLE", PG), ("CALL app.refresh_totals()", MY),
+    ("/*!40000 ALTER TABLE `t` DISABLE KEYS */", MY), ("/*!40000 ALTER TABLE `t` ENABLE KEYS */", MY),
+    ("/*!40101 SET NAMES utf8mb4 */", MY), ("/*!40101 SET @saved_cs_client     = @@character_set_client */", MY),
+]
+
+
+@pytest.mark.parametrize("sql, dialect, action", RED_TEAM)
+def test_red_team_findings_are_held_or_refused(sql, dialect, action):
+    assert decide(sql, dialect) == action, classify(sql, dialect)
+
+
+@pytest.mark.parametrize("sql, dialect", RED_TEAM_NEIGHBOURS)
+def test_their_harmless_neighbours_pass(sql, dialect):
+    assert decide(sql, dialect) == "allow", classify(sql, dialect)
+
+
+def test_keys_only_is_exact():
+    assert decide("ALTER TABLE t DROP COLUMN x, DISABLE KEYS", MY) == "require_approval"
+    assert decide("ALTER TABLE t DISABLE KEYS, DROP COLUMN x", MY) == "require_approval"
+
+
+def test_mysqldump_restores_its_saved_character_set_in_the_same_session():
+    gate = make_gate(POLICY, None, ALICE, "app-mysql", MY)
+    restore = "/*!40101 SET character_set_client = @saved_cs_client */"
+    assert gate(restore).action == "deny"  # nothing saved yet: an unknown value
+    assert gate("/*!40101 SET @saved_cs_client     = @@character_set_client */").action == "allow"
+    assert gate("CREATE TABLE t (id int)").action == "allow"
+    assert gate(restore).action == "allow"
+    assert gate(restore).action == "allow"  # restoring twice is still the saved value
+    assert make_gate(POLICY, None, ALICE, "app-mysql", MY)(restore).action == "deny"  # another session
+
+
+@pytest.mark.parametrize("overwrite", ["SET @saved_cs_client = 'sjis'", "SET @'saved_cs_client' = 'sjis'",
+                                       "SET @'\\saved_cs_client' = 'sjis'", "SELECT 'sjis' INTO @saved_cs_client",
+                                       "SELECT @`saved_cs_client` := 'sjis'", "SET @x = 1, @SAVED_CS_CLIENT = 'sjis'"])
+def test_a_saved_character_set_is_forgotten_once_anything_names_the_variable(overwrite):
+    gate = make_gate(POLICY, None, ALICE, "app-mysql", MY)
+    assert gate("SET @saved_cs_client = @@character_set_client").action == "allow"
+    gate(overwrite)
+    assert gate("SET character_set_client = @saved_cs_client").action == "deny", overwrite

@@ -9,6 +9,7 @@ from hoopcli.gateway.identity import Principal
 from hoopcli.gateway.protocols.base import ALLOW, Gate, Verdict
 
 from .categories import Dialect
+from .charset_memory import SavedCharsets
 from .classifier import _classify
 from .mysql import use_targets
 from .rules import Policy
@@ -63,6 +64,7 @@ def make_gate(
     elif session is None:
         session = SessionDatabase("")
     moves = None if database or dialect not in ("mysql", "mariadb") else use_targets
+    charsets = SavedCharsets() if dialect in ("mysql", "mariadb") else None  # mysqldump's restores
 
     def gate(text: str) -> Verdict:
         try:
@@ -72,11 +74,14 @@ def make_gate(
                     return refusal
             if moves is not None and any(target != session.database for target in moves(text)):
                 session.database = None  # the server may or may not have switched
-            decision = policy.decide(text, identity, dialect)
+            judged = text if charsets is None else charsets.judged_text(text)
+            decision = policy.decide(judged, identity, dialect)
         except Exception:  # a bug here must not forward an unjudged statement
             log.exception("policy failed on a statement for %s on %s", sub, connection)
             return Verdict("deny", "hoop: statement refused: the policy could not judge it (see gateway log)")
         if decision.action == "allow":
+            if charsets is not None:
+                charsets.forwarded(text)
             return ALLOW
         if decision.action == "deny":
             return Verdict("deny", f"hoop: statement denied by policy ({decision.reason})", rule=decision.reason)
@@ -98,6 +103,8 @@ def make_gate(
             )
         grant = book.consume(requester, connection, text, database=where)
         if grant is not None:
+            if charsets is not None:
+                charsets.forwarded(text)
             return Verdict("allow", request_id=grant.id, rule=decision.reason)
         try:
             request = book.request(requester, connection, text, decision.categories, database=where)

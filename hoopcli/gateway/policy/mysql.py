@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from .categories import StatementClass, _extra_readings, _part
 from .narrowing import my_narrows
-from .mysql_risks import create_categories, set_statement, use_target
+from .mysql_gates import ServerProfile, skip_profiles
+from .mysql_risks import create_categories, keys_only, set_statement, use_target
 
 _MY_WS = "[ \t\n\r\f\v]"
 _MY_WORD = r"[0-9A-Za-z_$\x80-\U0010ffff]+"
@@ -60,12 +61,13 @@ def _my_decode(body: str, quote: str, backslash: bool) -> str:
     return re.sub(r"\\(.)", lambda m: _MY_ESCAPES.get(m.group(1), m.group(1)), body, flags=re.DOTALL)
 
 
-def _my_lex(sql: str, backslash: bool, ansi_quotes: bool) -> list[_MyStatement]:
+def _my_lex(sql: str, backslash: bool, ansi_quotes: bool, profile: ServerProfile | None = None) -> list[_MyStatement]:
     """Split the text into statements the way the MySQL server lexes it.
 
     `--` starts a comment only before whitespace or a control character, `#` comments run to
     the end of the line, `/* */` does not nest, and the body of `/*! ... */` and `/*M! ... */`
-    is executed, so it is read as ordinary text."""
+    is executed, so it is read as ordinary text — unless `profile` is a server that skips that
+    gated body (mysql_gates.py): then it is a comment up to the first `*/`."""
     token_re = _MY_RE[backslash]
     statements: list[_MyStatement] = []
     cur = _MyStatement(0, 0, [], [], [])
@@ -79,6 +81,14 @@ def _my_lex(sql: str, backslash: bool, ansi_quotes: bool) -> list[_MyStatement]:
         if kind == "ws" or kind == "line" or kind == "block":
             if kind == "block" and in_exec:
                 cur.broken = "a comment inside an executable comment"
+            cur.canonical.append(" ")
+            continue
+        if kind == "exec" and profile is not None and not profile.runs(token):
+            close = sql.find("*/", pos)
+            if close < 0:
+                cur.broken = "an unterminated comment"
+                break
+            pos = close + 2
             cur.canonical.append(" ")
             continue
         if kind == "exec":
@@ -208,9 +218,33 @@ def _my_sqlglot(canonical: str) -> tuple[set[str], str]:
             continue
         verb = "delete" if isinstance(node, exp.Delete) else "update"
         cats.add(verb)
-        if not my_narrows(node.args.get("where")):
+        if node.args.get("limit") is not None:
+            continue  # DELETE/UPDATE … LIMIT n: bounded
+        targets = _my_targets(node)
+        if not all(my_narrows(node.args.get("where"), target) for target in targets):
             cats.add(f"{verb}_without_where")
     return cats, ""
+
+
+def _my_targets(node) -> list[frozenset[str] | None]:
+    """The tables a DELETE/UPDATE writes, as the names their columns may be qualified with;
+    [None] when it reads no other table (every column is the target's)."""
+    from sqlglot import exp
+
+    table = node.this if isinstance(node.this, exp.Table) else None
+    joined = bool(node.args.get("using") or node.args.get("tables") or node.args.get("from_") or node.args.get("from")
+                  or (table is not None and table.args.get("joins")))
+    if not joined:
+        return [None]
+    tables = list(node.args.get("tables") or [])
+    if isinstance(node, exp.Update):  # UPDATE t, u SET t.a = …, u.b = …: every table written to
+        written = {(c.table or "").lower() for e in node.expressions for c in e.find_all(exp.Column) if c is e.this}
+        tables = [t for t in node.this.find_all(exp.Table) if {t.name.lower(), t.alias_or_name.lower()} & written]
+        if "" in written or not tables:
+            tables.append(table)
+    elif not tables and table is not None:
+        tables = [table]
+    return [frozenset({t.name.lower(), t.alias_or_name.lower()}) for t in tables if t is not None] or [frozenset()]
 
 
 def _my_statement(st: _MyStatement, depth: int) -> tuple[set[str], str]:
@@ -243,9 +277,12 @@ def _my_statement(st: _MyStatement, depth: int) -> tuple[set[str], str]:
     elif first == "PREPARE":
         cats.add("prepare")
         # PREPARE name FROM 'text' | FROM @variable
-        source = words[words.index("FROM") + 1 : words.index("FROM") + 2] if "FROM" in words[:4] else []
-        if source == ["'"] and st.strings:
-            for sub in _classify_mysql_text(st.strings[0], depth + 1):
+        at = words.index("FROM") + 1 if "FROM" in words[:4] else len(words)
+        literals = 0
+        while at + literals < len(words) and words[at + literals] == "'":
+            literals += 1  # adjacent literals are one string: 'DELETE … WHERE id = 1' ' OR 1=1'
+        if literals and at + literals == len(words) and len(st.strings) >= literals:
+            for sub in _classify_mysql_text("".join(st.strings[-literals:]), depth + 1):
                 cats.update(sub.categories)
                 note = note or sub.note
         else:
@@ -275,13 +312,22 @@ def _my_statement(st: _MyStatement, depth: int) -> tuple[set[str], str]:
         cats.update(_MY_FIRST[first])
         if first == "INSERT" and "DUPLICATE" in words:
             cats.add("update")  # ON DUPLICATE KEY UPDATE
+        elif first == "ALTER" and keys_only("".join(st.canonical)):
+            cats.discard("alter")
+            cats.add("maintenance")
         elif first == "CREATE" or first == "ALTER":
             cats |= create_categories(words)
+        elif first == "REPLACE" and "SELECT" in words:
+            cats.add("delete_without_where")  # REPLACE … SELECT: delete and re-insert every row it reads
+        if first == "INSERT" and "DUPLICATE" in words and "SELECT" in words:
+            cats.add("update_without_where")  # INSERT … SELECT … ON DUPLICATE KEY UPDATE: every row it reads
     else:
         cats.add("unparseable")
         note = note or f"unknown statement {first[:40]!r}"
-    if "LOAD_FILE" in words:
-        cats.add("copy_file")  # reads a file on the database server
+    if "LOAD_FILE" in words or "load_file" in "".join(st.canonical).lower():
+        cats.add("copy_file")  # reads a file on the database server (also as `load_file`)
+    if first == "CALL" and re.match(r"(?is)\s*CALL\s+`?(sys|mysql)`?\s*\.", "".join(st.canonical)):
+        cats.add("dynamic_sql")  # sys.execute_prepared_stmt('…'), mysql.* procedures run SQL text
     return cats, note
 
 
@@ -296,8 +342,10 @@ def use_targets(sql: str) -> list[str | None]:
     if "use" not in sql.lower():
         return []
     targets: list[str | None] = []
-    for backslash, ansi in ((True, False), (False, False), (True, True), (False, True)):
-        for st in _my_lex(sql, backslash, ansi):
+    readings = [(b, a, None) for b, a in ((True, False), (False, False), (True, True), (False, True))]
+    readings += [(True, False, profile) for profile in skip_profiles(sql)]
+    for backslash, ansi, profile in readings:
+        for st in _my_lex(sql, backslash, ansi, profile):
             if st.words and st.words[0] == "USE":
                 targets.append(use_target("".join(st.canonical)))
             elif st.broken:
@@ -305,11 +353,12 @@ def use_targets(sql: str) -> list[str | None]:
     return targets
 
 
-def _classify_mysql_text(sql: str, depth: int = 0, backslash: bool = True, ansi: bool = False) -> list[StatementClass]:
+def _classify_mysql_text(sql: str, depth: int = 0, backslash: bool = True, ansi: bool = False,
+                         profile: ServerProfile | None = None) -> list[StatementClass]:
     if depth > 4:
         return [_part(sql, ("unparseable",), "statements nested too deeply")]
     parts = []
-    for st in _my_lex(sql, backslash, ansi):
+    for st in _my_lex(sql, backslash, ansi, profile):
         cats, note = _my_statement(st, depth)
         parts.append(_part(sql[st.start : st.end], cats, note))
     return parts
@@ -325,6 +374,9 @@ def _classify_mysql(sql: str) -> tuple[StatementClass, ...]:
         ):
             other = _classify_mysql_text(sql, 0, backslash, ansi)
             parts += _extra_readings(parts, other, setting)
+    for profile in skip_profiles(sql):  # /*!NNNNN */ bodies some server skips (mysql_gates.py)
+        other = _classify_mysql_text(sql, 0, True, False, profile)
+        parts += _extra_readings(parts, other, f"read by {profile}, which skips some /*!…*/ bodies")
     return tuple(parts)
 
 

@@ -67,7 +67,8 @@ _SERVER_SCOPES = frozenset({"GLOBAL", "PERSIST", "PERSIST_ONLY"})
 # Settings that switch off the server's own record or safety for a session or for everyone:
 # the binary log (replicas and point-in-time recovery miss what follows), the general and
 # slow logs, MariaDB's audit plugin, MySQL Enterprise Audit.
-_SAFETY_VARIABLES = frozenset({"SQL_LOG_BIN", "SQL_LOG_OFF", "GENERAL_LOG", "SLOW_QUERY_LOG", "LOG_BIN_TRUST_FUNCTION_CREATORS"})
+_SAFETY_VARIABLES = frozenset({"SQL_LOG_BIN", "SQL_LOG_OFF", "GENERAL_LOG", "SLOW_QUERY_LOG", "LOG_SLOW_QUERY",
+                               "LOG_BIN_TRUST_FUNCTION_CREATORS", "SQL_SAFE_UPDATES"})
 _SAFETY_PREFIXES = ("SERVER_AUDIT", "AUDIT_LOG")
 
 
@@ -163,8 +164,8 @@ def set_statement(canonical: str, classify_text: Callable[[str], Iterable[tuple[
     cats: set[str] = {"set"}
     note = ""
     body = tokens[1:]
-    if [_name(t) for t in body[:2]] == ["DEFAULT", "ROLE"]:
-        cats.add("grant")  # SET DEFAULT ROLE r FOR u: what u's next sessions may do
+    if [_name(t) for t in body[:2]] == ["DEFAULT", "ROLE"] or [_name(t) for t in body[:1]] == ["ROLE"]:
+        cats.add("grant")  # SET ROLE r: this session's privileges; SET DEFAULT ROLE r FOR u: u's next sessions
     if body and _name(body[0]) == "STATEMENT":  # SET STATEMENT a = 1 [, …] FOR <statement>
         depth, cut = 0, None
         for k in range(2, len(tokens)):
@@ -181,6 +182,16 @@ def set_statement(canonical: str, classify_text: Callable[[str], Iterable[tuple[
     for piece in _split_top_level(body, ","):
         cats |= _assignment_categories(piece)
     return cats, note
+
+
+_NAME = r"(?:`(?:[^`]|``)*`|[0-9A-Za-z_$\x80-\U0010ffff]+)"
+_KEYS_ONLY = re.compile(rf"\s*ALTER\s+TABLE\s+{_NAME}(?:\s*\.\s*{_NAME})?\s+(?:DISABLE|ENABLE)\s+KEYS\s*", re.IGNORECASE)
+
+
+def keys_only(canonical: str) -> bool:
+    """`ALTER TABLE t DISABLE KEYS` / `ENABLE KEYS` and nothing else (mysqldump writes them
+    around every table's rows): index upkeep, not a change of what exists."""
+    return _KEYS_ONLY.fullmatch(canonical) is not None
 
 
 _USE = re.compile(r"\s*USE\s+(`(?:[^`]|``)*`|[0-9A-Za-z_$\x80-\U0010ffff]+)\s*", re.IGNORECASE)

@@ -9,7 +9,7 @@ import re
 from typing import Any, Mapping
 
 from .categories import StatementClass, _extra_readings, _part
-from .narrowing import pg_narrows
+from .narrowing import pg_narrows, pg_target_names
 from .postgres_risks import LITERAL_DEPENDENT, pg_risk_scan, pg_walk_risks
 
 log = logging.getLogger(__name__)
@@ -51,9 +51,12 @@ _PG_TOP: dict[str, tuple[str, ...]] = {
     # Who may do what: a new role (a login outside the IdP, memberships), a row-level policy.
     "CreateRoleStmt": ("create", "grant"),
     "CreatePolicyStmt": ("create", "grant"),
-    # Data leaving for, or arriving from, another server.
+    # Data leaving for, or arriving from, another server; connections past a pinned database.
     "CreatePublicationStmt": ("create", "admin"),
     "CreateSubscriptionStmt": ("create", "admin"),
+    "CreateForeignServerStmt": ("create", "admin"),
+    "CreateUserMappingStmt": ("create", "admin"),
+    "CreateFdwStmt": ("create", "admin"),
     "CopyStmt": ("copy",),
     "VariableSetStmt": ("set",),
     "DiscardStmt": ("set",),
@@ -110,14 +113,19 @@ def _pg_dml_categories(kind: str, fields: Mapping[str, Any], out: set[str]) -> N
     if kind == "DeleteStmt" or kind == "UpdateStmt":
         verb = "delete" if kind == "DeleteStmt" else "update"
         out.add(verb)
-        where = fields.get("whereClause")
-        if not pg_narrows(where):
+        joined = fields.get("usingClause") or fields.get("fromClause")
+        target = pg_target_names(fields.get("relation")) if joined else None
+        if not pg_narrows(fields.get("whereClause"), target):
             out.add(f"{verb}_without_where")
     elif kind == "InsertStmt":
         out.add("insert")
         conflict = fields.get("onConflictClause") or {}
         if conflict.get("action") == "ONCONFLICT_UPDATE":
             out.add("update")
+            source = (fields.get("selectStmt") or {}).get("SelectStmt") or {}
+            if source.get("fromClause") or source.get("op", "SETOP_NONE") != "SETOP_NONE":
+                # INSERT … SELECT … FROM t ON CONFLICT DO UPDATE: an UPDATE of every row it reads
+                out.add("update_without_where")
     elif kind == "MergeStmt":
         out.add("merge")
         for clause in fields.get("mergeWhenClauses") or ():
@@ -129,7 +137,7 @@ def _pg_dml_categories(kind: str, fields: Mapping[str, Any], out: set[str]) -> N
             # An arm's own AND condition is its WHERE. The ON condition is a join, not a filter:
             # `USING t AS s ON t.id = s.id` matches every row, so it never narrows an arm.
             condition = arm.get("condition")
-            if verb != "insert" and not pg_narrows(condition):
+            if verb != "insert" and not pg_narrows(condition, pg_target_names(fields.get("relation"))):
                 out.add(f"{verb}_without_where")
 
 
@@ -184,6 +192,10 @@ def _pg_node_categories(node: Mapping[str, Any], out: set[str]) -> None:
         elif kind == "ExplainStmt" and _pg_explain_runs(fields):
             if isinstance(fields.get("query"), dict):
                 _pg_node_categories(fields["query"], out)
+        elif kind == "CreateSchemaStmt":  # CREATE SCHEMA s GRANT … / CREATE TRIGGER …: each element counts
+            for element in fields.get("schemaElts") or ():
+                if isinstance(element, dict):
+                    _pg_node_categories(element, out)
         elif kind == "PrepareStmt" or kind == "CreateTableAsStmt" or kind == "DeclareCursorStmt":
             if isinstance(fields.get("query"), dict):
                 _pg_node_categories(fields["query"], out)

@@ -64,10 +64,13 @@ _RISKY_FUNCTIONS: dict[str, tuple[str, ...]] = {
          "pg_wal_replay_pause", "pg_wal_replay_resume"),
         ("admin",),
     ),
-    "lo_unlink": ("drop",),
+    **dict.fromkeys(("lo_unlink", "lo_truncate", "lo_truncate64"), ("drop",)),
+    "dblink_connect": ("dynamic_sql",),  # a connection to another database, past a pinned one
+    "dblink_connect_u": ("dynamic_sql",),
     # pg_stat_statements and the statistics views are a record of what ran
     **dict.fromkeys(("pg_stat_statements_reset", "pg_stat_reset", "pg_stat_reset_shared",
-                     "pg_stat_reset_single_table_counters", "pg_stat_reset_slru"), ("safety_off",)),
+                     "pg_stat_reset_single_table_counters", "pg_stat_reset_slru",
+                     "pg_stat_reset_replication_slot", "pg_stat_reset_subscription_stats"), ("safety_off",)),
 }
 
 # Encodings whose every byte of a multibyte character is >= 0x80 (or that have none), named as
@@ -125,7 +128,11 @@ def _string_const(node: Any) -> str | None:
 # triggers (an audit trigger among them) and foreign-key actions; pgaudit and the statement
 # log are the database's own trail.
 _SAFETY_SETTINGS = frozenset({"session_replication_role", "log_statement", "log_min_duration_statement",
-                              "log_duration", "log_min_error_statement", "log_min_messages"})
+                              "log_duration", "log_min_error_statement", "log_min_messages",
+                              # a role's read-only default is the admin's safety, not the session's
+                              "default_transaction_read_only", "transaction_read_only", "session characteristics"})
+# Settings that change whose privileges the session has.
+_IDENTITY_SETTINGS = frozenset({"role", "session_authorization"})
 
 
 def _safety_setting(name: str) -> bool:
@@ -191,9 +198,19 @@ def pg_walk_risks(node: Any, out: set[str]) -> None:
                     out.add("routine")
                 elif key == "FuncCall":
                     _call_categories(value, out)
+                elif key == "A_Indirection" or key == "ColumnRef":
+                    # `(x).f` and `t.f` call f(x) / f(t) when f is a function of one argument
+                    # (PostgreSQL's column notation): the same risky names count there too.
+                    for part in value.get("indirection" if key == "A_Indirection" else "fields") or ():
+                        name = (part.get("String") or {}).get("sval") if isinstance(part, dict) else None
+                        if isinstance(name, str):
+                            out.update(_RISKY_FUNCTIONS.get(name.lower(), ()))
                 elif key == "VariableSetStmt":
                     if _set_statement_is_unsafe(value):
                         out.add("encoding")
-                    if value.get("kind") == "VAR_SET_VALUE" and _safety_setting(str(value.get("name", ""))):
+                    name = str(value.get("name", "")).lower()
+                    if value.get("kind") in ("VAR_SET_VALUE", "VAR_SET_MULTI") and _safety_setting(name):
                         out.add("safety_off")
+                    if name in _IDENTITY_SETTINGS and value.get("kind") != "VAR_RESET":
+                        out.add("grant")  # SET ROLE / SET SESSION AUTHORIZATION
             stack.append(value)
