@@ -213,6 +213,8 @@ PG_CLIENT = [
     pg_msg(b"Q", b"select 1\0"), pg_msg(b"Q", b"drop table t\0"), pg_msg(b"Q", b"select boom\0"),
     pg_msg(b"P", b"\0select $1\0\0\0"), pg_msg(b"B", b"\0\0\0\0\0\0\0\0"), pg_msg(b"D", b"P\0"), pg_msg(b"E", b"\0\0\0\0\0"),
     pg_msg(b"S"), pg_msg(b"H"), pg_msg(b"C", b"S\0"), pg_msg(b"d", b"row\n"), pg_msg(b"c"), pg_msg(b"f", b"x\0"), pg_msg(b"p", b"pw\0"),
+    # text a client_encoding switch could change: the encoding fence holds these (and what follows)
+    pg_msg(b"Q", "select '中'\0".encode()), pg_msg(b"P", "\0select '中', $1\0\0\0".encode()), pg_msg(b"Q", "copy t from stdin\0".encode()),
 ]
 PG_SERVER = [
     pg_msg(b"1"), pg_msg(b"2"), pg_msg(b"3"), pg_msg(b"n"), pg_msg(b"I"), pg_msg(b"s"), pg_msg(b"T", b"\0\0"),
