@@ -22,6 +22,13 @@ Secret positions (the literal's whole extent becomes '[REDACTED]'):
     conninfo for CREATE SUBSCRIPTION, dblink, primary_conninfo; `scheme://user:pass@` for
     FEDERATED/CONNECT tables and URIs).
 A cheap substring test keeps ordinary statements off the lexer.
+
+Masking must not let one user stall the audit writer (or the relay loop that masks before
+journaling), so its cost is linear in the text with a small constant: precise masking runs only
+on texts of at most MAX_PRECISE_CHARS, while the readings together hold at most
+MAX_PRECISE_TOKENS tokens and the rules' scans stay within a few steps per token. Past any of
+these bounds the text is kept up to its first trigger word and the rest is replaced by
+MASK_TOO_LARGE: every rule masks only what follows a trigger, so this over-masks, never leaks.
 """
 
 from __future__ import annotations
@@ -35,6 +42,17 @@ MASK = "'[REDACTED]'"
 # Where one reading masks text that another reads as SQL (a backslash before a quote, say),
 # the longest extent is masked, and the mark says that what is hidden may have run as SQL.
 MASK_AMBIGUOUS = "'[REDACTED: the SQL dialect decides where this ends]'"
+# Where precise masking would cost too much: the rest of the text, whatever it was (SQL too).
+MASK_TOO_LARGE = "'[REDACTED: the rest of this statement, too large to mask precisely]'"
+
+# Precise masking costs about a microsecond per token per reading (up to six readings), in
+# Python; these keep its worst case near 10 ms (bench/masking_cost.py) where a 500-record batch
+# of them still stores well within the writer's 10 s stall limit.
+MAX_PRECISE_CHARS = 64 * 1024
+MAX_PRECISE_TOKENS = 6_000  # over every reading of one text together
+# The rules may read a token more than once (crypt(crypt(…, IDENTIFIED IDENTIFIED …): quadratic
+# on a crafted text without a bound on the steps their scans take, per token of a reading.
+STEPS_PER_TOKEN = 8
 
 # Any statement that can hold a secret contains one of these (lower case), whatever its spelling:
 # the keywords are never escaped; U&"…" can spell a password option name with escapes.
@@ -43,15 +61,30 @@ _TRIGGERS = ("passw", "identified", "crypt", "conn", "dblink", "://", 'u&"', "au
 # Clauses of CREATE/ALTER USER that follow the authentication part and hold no secret.
 _IDENTIFIED_ENDS = frozenset({"REQUIRE", "ACCOUNT", "COMMENT", "ATTRIBUTE"})
 
-_CONNINFO_SECRET = re.compile(r"password\s*=|://[^@]*:[^@]*@", re.IGNORECASE)
+_PASSWORD_SETTING = re.compile(r"password\s*+=", re.IGNORECASE)
 
 
-def first_secret_keyword(text: str) -> int:
-    """Where the first word that can introduce a secret starts (-1: none); nothing before it
-    is ever masked."""
-    lowered = text.lower()
+class TooCostly(Exception):
+    """Precise masking of this text would pass its cost bounds."""
+
+
+def first_secret_keyword(text: str, lowered: str | None = None) -> int:
+    """Where the first word that can introduce a secret starts, or a little before (-1: none):
+    every secret the rules find follows it, so text before it never needs masking."""
+    if lowered is None:
+        lowered = text.lower()
     found = [i for i in (lowered.find(t) for t in _TRIGGERS) if i >= 0]
-    return min(found) if found else -1
+    if not found:
+        return -1
+    # str.lower() turns İ into two characters, so a place in `lowered` can lie past the same
+    # place in `text`, by at most that growth: step back by all of it.
+    return max(0, min(found) - (len(lowered) - len(text)))
+
+
+def mask_from_first_secret_keyword(text: str, lowered: str | None = None) -> str:
+    """The linear fallback: `text` up to its first trigger word, then MASK_TOO_LARGE."""
+    first = first_secret_keyword(text, lowered)
+    return text if first < 0 else text[:first] + MASK_TOO_LARGE
 
 
 def mask_sql_secrets(text: str, dialect: str | None = None) -> str:
@@ -63,11 +96,27 @@ def mask_sql_secrets(text: str, dialect: str | None = None) -> str:
         or "dblink" in lowered or "://" in lowered or 'u&"' in lowered or "authentication_string" in lowered
     ):
         return text
-    readings = [(mode, tokenize(text, mode)) for mode in modes(text, dialect)]
+    if len(text) > MAX_PRECISE_CHARS:
+        return mask_from_first_secret_keyword(text, lowered)
+    try:
+        return _mask_precisely(text, dialect)
+    except TooCostly:
+        return mask_from_first_secret_keyword(text, lowered)
+
+
+def _mask_precisely(text: str, dialect: str | None) -> str:
+    """Every reading's secret literals masked; TooCostly past the token or step bounds."""
+    readings, budget = [], MAX_PRECISE_TOKENS
+    for mode in modes(text, dialect):
+        tokens = tokenize(text, mode, limit=budget)
+        if tokens is None:
+            raise TooCostly
+        budget -= len(tokens)
+        readings.append((mode, tokens))
     found = [(mode.family, span) for mode, tokens in readings for span in secret_spans(tokens, text)]
-    readings = [(mode, tokens, [t[1] for t in tokens]) for mode, tokens in readings]  # starts, to bisect
     if not found:
         return text
+    readings = [(mode, tokens, [t[1] for t in tokens]) for mode, tokens in readings]  # starts, to bisect
     out, pos = [], 0
     for start, end, families in _regions(found):
         out += [text[pos:start], MASK_AMBIGUOUS if _hides_code(start, end, families, readings) else MASK]
@@ -77,29 +126,38 @@ def mask_sql_secrets(text: str, dialect: str | None = None) -> str:
 
 
 def secret_spans(tokens: list[tuple], text: str) -> list[tuple[int, int]]:
-    """(start, end) of every literal in a secret position in one reading of the text."""
+    """(start, end) of every literal in a secret position in one reading of the text. Each rule
+    scans on from its keyword and says where it stopped; TooCostly when the scans together pass
+    STEPS_PER_TOKEN tokens per token of the reading."""
     spans: list[int] = []  # token indices; the helpers below add to it
     n = len(tokens)
+    steps = STEPS_PER_TOKEN * n + 64
     for i, (kind, start, _, value) in enumerate(tokens):
+        stop = i
         if kind == LITERAL:
             if i == 0 or tokens[i - 1][0] != LITERAL:
-                _mask_conninfo_run(tokens, i, text, spans)
+                stop = _mask_conninfo_run(tokens, i, text, spans)
         elif kind == WORD or kind == QUOTED:
             nxt = tokens[i + 1] if i + 1 < n else None
             if "PASSW" in value or value == "AUTHENTICATION_STRING":
-                _mask_value(tokens, _after_assignment(tokens, i + 1), spans)
+                j, seen = _after_assignment(tokens, i + 1)
+                stop = max(seen, _mask_value(tokens, j, spans))
             elif kind == QUOTED:
                 continue
             elif value == "IDENTIFIED":
-                _mask_identified(tokens, i + 1, spans)
+                stop = _mask_identified(tokens, i + 1, spans)
             elif value == "REPLACE" and _literal_at(tokens, i + 1):  # … REPLACE 'old password'
-                _mask_value(tokens, i + 1, spans)
+                stop = _mask_value(tokens, i + 1, spans)
             elif "CRYPT" in value and _is(nxt, "("):
-                _mask_group(tokens, i + 1, spans, numbers=True)
+                stop = _mask_group(tokens, i + 1, spans, numbers=True)
             elif value == "CONNECTION" or "CONNINFO" in value:  # CREATE SUBSCRIPTION, FEDERATED, primary_conninfo
-                _mask_connection_string(tokens, _after_assignment(tokens, i + 1), text, spans, in_call=False)
+                j, seen = _after_assignment(tokens, i + 1)
+                stop = max(seen, _mask_connection_string(tokens, j, text, spans, in_call=False))
             elif value.startswith("DBLINK") and _is(nxt, "("):
-                _mask_connection_string(tokens, i + 1, text, spans, in_call=True)
+                stop = _mask_connection_string(tokens, i + 1, text, spans, in_call=True)
+        steps -= stop - i
+        if steps < 0:
+            raise TooCostly
     return [(tokens[k][1], tokens[k][2]) for k in spans]
 
 
@@ -118,24 +176,24 @@ def _is(token: tuple | None, punct: str) -> bool:
     return token is not None and token[0] == PUNCT and token[3] == punct
 
 
-def _after_assignment(tokens: list[tuple], j: int) -> int:
-    """Past `FOR user` (SET PASSWORD FOR u = …) and one `=`, `:=` or `=>`."""
-    n = len(tokens)
+def _after_assignment(tokens: list[tuple], j: int) -> tuple[int, int]:
+    """Past `FOR user` (SET PASSWORD FOR u = …) and one `=`, `:=` or `=>`; and how far it looked."""
+    n, k = len(tokens), j
     if j < n and tokens[j][0] == WORD and tokens[j][3] == "FOR":
-        k = j
         while k < n and not _is(tokens[k], "=") and not _is(tokens[k], ";"):
             k += 1
         if k < n and _is(tokens[k], "="):
             j = k
     if j < n and tokens[j][0] == PUNCT and tokens[j][3] in ("=", ":=", "=>"):
         j += 1
-    return j
+    return j, k
 
 
-def _mask_value(tokens: list[tuple], j: int, spans: list) -> None:
+def _mask_value(tokens: list[tuple], j: int, spans: list) -> int:
     """Mask a value expression: literals and numbers, calls and parentheses, operators and
     words between them (_utf8mb4'…', TO '…', E '…', a || 'b'); it ends at `,` `;` `)` or at a
-    word followed by a word, which starts the next clause (VALID UNTIL …, LOGIN;)."""
+    word followed by a word, which starts the next clause (VALID UNTIL …, LOGIN;). Returns
+    where it ended, as every rule below does."""
     n, first = len(tokens), j
     while j < n:
         kind, _, _, value = tokens[j]
@@ -146,13 +204,14 @@ def _mask_value(tokens: list[tuple], j: int, spans: list) -> None:
                 j = _mask_group(tokens, j, spans, numbers=j == first or _names_secret(tokens[j - 1]))
                 continue
             if value in (",", ";", ")"):
-                return
+                return j
         else:  # a word or a quoted name: part of the value before a literal, a call or an
             # operator (U&'…' read as MySQL is U & '…'); a word before a word starts a clause
             nxt = tokens[j + 1] if j + 1 < n else None
             if nxt is None or not (nxt[0] == LITERAL or nxt[0] == PUNCT and nxt[3] not in (",", ";", ")")):
-                return
+                return j
         j += 1
+    return j
 
 
 def _mask_group(tokens: list[tuple], j: int, spans: list, numbers: bool) -> int:
@@ -175,7 +234,7 @@ def _mask_group(tokens: list[tuple], j: int, spans: list, numbers: bool) -> int:
     return j
 
 
-def _mask_identified(tokens: list[tuple], j: int, spans: list) -> None:
+def _mask_identified(tokens: list[tuple], j: int, spans: list) -> int:
     """IDENTIFIED …: every quoted value up to the next user (`,`), the statement's end, or a
     clause that holds no secret (REQUIRE, ACCOUNT, COMMENT, ATTRIBUTE)."""
     depth, n = 0, len(tokens)
@@ -188,27 +247,26 @@ def _mask_identified(tokens: list[tuple], j: int, spans: list) -> None:
                 depth += 1
             elif value == ")":
                 if depth == 0:
-                    return
+                    return j
                 depth -= 1
             elif value == ";" or (value == "," and depth == 0):
-                return
+                return j
         elif kind == WORD and depth == 0 and value in _IDENTIFIED_ENDS:
-            return
+            return j
         j += 1
+    return j
 
 
-def _mask_connection_string(tokens: list[tuple], j: int, text: str, spans: list, in_call: bool) -> None:
-    """Where a connection string goes, mask it when it holds a password or when it is spelled
-    so that its text cannot be read without decoding (escapes, hex, bits, U&)."""
+def _mask_connection_string(tokens: list[tuple], j: int, text: str, spans: list, in_call: bool) -> int:
+    """Where a connection string goes, mask it when it is spelled so that its text cannot be
+    read without decoding (escapes, hex, bits, U&). One that holds a password is masked wherever
+    it is (_mask_conninfo_run), so it is not searched again here, once per keyword before it."""
     found: list[int] = []
-    if in_call:
-        _mask_group(tokens, j, found, numbers=False)
-    else:
-        _mask_value(tokens, j, found)
+    stop = _mask_group(tokens, j, found, numbers=False) if in_call else _mask_value(tokens, j, found)
     for run in _runs(tokens, found):
-        start, end = tokens[run[0]][1], tokens[run[-1]][2]
-        if len(run) > 1 or not _readable(text[start:end]) or _CONNINFO_SECRET.search(text, start, end):
+        if len(run) > 1 or not _readable(text, tokens[run[0]][1], tokens[run[-1]][2]):
             spans.extend(run)
+    return stop
 
 
 def _runs(tokens: list[tuple], found: list[int]) -> list[list[int]]:
@@ -222,20 +280,35 @@ def _runs(tokens: list[tuple], found: list[int]) -> list[list[int]]:
     return runs
 
 
-def _readable(raw: str) -> bool:
+def _readable(text: str, start: int, end: int) -> bool:
     """A literal whose text is what it says: quoted as is, no escape, no hex or bits."""
-    return "\\" not in raw and (raw[0] in "'\"$" or raw[:2] in ("E'", "e'", "N'", "n'"))
+    return text.find("\\", start, end) < 0 and (text[start] in "'\"$" or text[start : start + 2] in ("E'", "e'", "N'", "n'"))
 
 
-def _mask_conninfo_run(tokens: list[tuple], i: int, text: str, spans: list) -> None:
+def _mask_conninfo_run(tokens: list[tuple], i: int, text: str, spans: list) -> int:
     """A run of adjacent literals (one value: 'a'\\n'b', 'a' 'b') holding a connection string with
     a password is masked whole."""
     j = i
     while j + 1 < len(tokens) and tokens[j + 1][0] == LITERAL:
         j += 1
     start, end = tokens[i][1], tokens[j][2]
-    if _CONNINFO_SECRET.search(text, start, end):
+    if _PASSWORD_SETTING.search(text, start, end) or _has_url_credentials(text, start, end):
         spans.extend(range(i, j + 1))
+    return j
+
+
+def _has_url_credentials(text: str, start: int, end: int) -> bool:
+    """`scheme://user:password@` in text[start:end]: a `:` between some `://` and the next `@`
+    (the pattern ://[^@]*:[^@]*@, found in linear time: a regex retries it from every `://`)."""
+    pos = start
+    while (scheme := text.find("://", pos, end)) >= 0:
+        at = text.find("@", scheme + 3, end)
+        if at < 0:
+            return False
+        if text.find(":", scheme + 3, at) >= 0:
+            return True
+        pos = at + 1  # no `:` up to this `@`, so no other `://` before it either
+    return False
 
 
 def _regions(found: list[tuple[str, tuple[int, int]]]) -> list[tuple[int, int, set[str]]]:

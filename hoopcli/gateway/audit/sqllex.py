@@ -40,6 +40,10 @@ def modes(text: str, dialect: str | None = None) -> list[Mode]:
     return pg + ([Mode("my", b, d) for b in backslash for d in dquote] if dialect != "postgres" else [])
 
 
+# Each pattern below ends with `(?P<end>\Z)`: space at the end of the text is then one match.
+# Without it finditer, which searches, would try again at every position of that space, and
+# 'password' followed by 16 MiB of spaces took hours.
+
 # Bodies of quoted text, possessive (`*+`) so that an unterminated literal never backtracks.
 def _quoted(q: str, backslash: bool) -> str:
     body = rf"(?:[^{q}\\]++|\\[\s\S]|{q}{q})*+" if backslash else rf"(?:[^{q}]++|{q}{q})*+"
@@ -63,6 +67,7 @@ def _pg_pattern(backslash: bool) -> str:
       | (?P<d>\$(?:[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_\x80-\U0010ffff]*+)?\$)
       | (?P<n>\.?[0-9][0-9A-Za-z_.]*+)
       | (?P<p>\$[0-9]++|::|:=|=>|\|\||\S)
+      | (?P<end>\Z)
     )"""
 
 
@@ -79,6 +84,7 @@ def _my_pattern(backslash: bool, dquote_string: bool) -> str:
       | (?P<n>(?:[0-9]++(?:\.[0-9]*+)?|\.[0-9]++)(?:[eE][+-]?[0-9]++)?(?![\w$]))
       | (?P<w2>[\w$\x80-\U0010ffff]++)
       | (?P<p>:=|\|\||\S)
+      | (?P<end>\Z)
     )"""
 
 
@@ -91,25 +97,31 @@ def _master(mode: Mode) -> re.Pattern:
 _PG_COMMENT_EDGE = re.compile(r"/\*|\*/")
 
 
-def _pg_comment_end(text: str, pos: int) -> int:
-    """End of a PostgreSQL block comment opened just before `pos` (they nest)."""
-    depth = 1
-    for m in _PG_COMMENT_EDGE.finditer(text, pos):
+def _pg_comment_end(text: str, pos: int, limit: int) -> tuple[int, int]:
+    """End of a PostgreSQL block comment opened just before `pos` (they nest), and how many
+    `/*` and `*/` it read: each costs the caller as much as a token, and it stops after `limit`."""
+    depth, edges = 1, 0
+    for edges, m in enumerate(_PG_COMMENT_EDGE.finditer(text, pos), 1):
         depth += 1 if m.group() == "/*" else -1
-        if depth == 0:
-            return m.end()
-    return len(text)
+        if depth == 0 or edges > limit:
+            return m.end(), edges
+    return len(text), edges
 
 
-def tokenize(text: str, mode: Mode) -> list[tuple]:
+def tokenize(text: str, mode: Mode, limit: int | None = None) -> list[tuple] | None:
     """Every token of `text` read in `mode`; comments dropped, MySQL `/*!…*/` bodies read as SQL
-    (whatever the version number: the server may run them). Unterminated quotes run to the end."""
+    (whatever the version number: the server may run them). Unterminated quotes run to the end.
+    None when there are more than `limit` tokens: the caller has a cheaper way for such a text."""
+    if limit is None:
+        limit = len(text)  # never more tokens than characters
     finditer = _master(mode).finditer
     tokens: list[tuple] = []
     append = tokens.append
     pos, size, executable = 0, len(text), False
     while pos < size:
         for m in finditer(text, pos):  # tokens are contiguous: `\s*+` takes the space between
+            if len(tokens) > limit:
+                return None
             kind = m.lastgroup
             start, end = m.span(kind)
             if kind == "w" or kind == "w2":
@@ -120,10 +132,13 @@ def tokenize(text: str, mode: Mode) -> list[tuple]:
                 append((LITERAL, start, end, None))
             elif kind == "n":
                 append((NUMBER, start, end, None))
-            elif kind == "q":
+            elif kind == "q":  # decoding the name costs about as much as three more tokens
                 append((QUOTED, start, end, quoted_identifier(text, start, end)))
+                limit -= 3
             elif kind == "c":
                 continue
+            elif kind == "end":
+                return tokens
             elif kind == "x":
                 executable = True
             elif kind == "xe":
@@ -131,10 +146,15 @@ def tokenize(text: str, mode: Mode) -> list[tuple]:
                     append((PUNCT, start, start + 1, "*"))
                     append((PUNCT, start + 1, end, "/"))
                 executable = False
-            else:  # "d", "cb": PostgreSQL's $tag$…$tag$ and nested /* */ end where a regex cannot tell
-                pos = _dollar_end(text, m.group(kind), end) if kind == "d" else _pg_comment_end(text, end)
-                if kind == "d":
-                    append((LITERAL, start, pos, None))
+            elif kind == "d":  # PostgreSQL's $tag$…$tag$ and nested /* */ end where a regex cannot tell
+                pos = _dollar_end(text, m.group(kind), end)
+                append((LITERAL, start, pos, None))
+                break
+            else:  # "cb"
+                pos, edges = _pg_comment_end(text, end, limit - len(tokens))
+                limit -= edges
+                if len(tokens) > limit:
+                    return None
                 break
         else:
             break
@@ -156,15 +176,22 @@ def quoted_identifier(text: str, start: int, end: int) -> str:
     if raw[:1] in "Uu":
         escape = _UNICODE_ESCAPE.match(text, end)
         body = raw[3:-1] if raw.endswith('"') and len(raw) > 3 else raw[3:]
-        return _unicode_unescape(body.replace('""', '"'), escape.group(1) if escape else "\\").upper()
+        body = body.replace('""', '"')
+        escape = escape.group(1) if escape else "\\"
+        return (_unicode_unescape(body, escape) if escape in body else body).upper()
     quote = raw[0]
     body = raw[1:-1] if len(raw) > 1 and raw.endswith(quote) else raw[1:]
     return body.replace(quote * 2, quote).upper()
 
 
-def _unicode_unescape(body: str, escape: str) -> str:
+@lru_cache(maxsize=64)
+def _unicode_escapes(escape: str) -> re.Pattern:
     e = re.escape(escape)
-    pattern = re.compile(rf"{e}(?:{e}|\+([0-9A-Fa-f]{{6}})|([0-9A-Fa-f]{{4}}))")
+    return re.compile(rf"{e}(?:{e}|\+([0-9A-Fa-f]{{6}})|([0-9A-Fa-f]{{4}}))")
+
+
+def _unicode_unescape(body: str, escape: str) -> str:
+    pattern = _unicode_escapes(escape)
 
     def one(m: re.Match) -> str:
         code = m.group(1) or m.group(2)
