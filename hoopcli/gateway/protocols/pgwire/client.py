@@ -487,7 +487,7 @@ class ClientMixin(FenceMixin):
         if self._seg_runs and not reads_the_same_in_every_encoding(raw):
             return self._gated(text, "query", data, i, end, fwd, parts, to_client, events, ENCODING_UNKNOWN)
         if self._gate is None:
-            self._raise_fence(may_copy(raw))
+            self._raise_fence(may_copy(text))
             events.append(StatementStarted(text, "query"))
             self._fifo.append(_QUERY)
             return fwd
@@ -506,7 +506,7 @@ class ClientMixin(FenceMixin):
         if verdict is None or verdict.action == "allow":
             events.append(StatementStarted(text, kind))
             self._fifo.append(_QUERY)
-            self._raise_fence(kind == "query" and may_copy(data[i + 5 : end]))  # see fence.py
+            self._raise_fence(kind == "query" and may_copy(text))  # see fence.py
             return fwd
         events.append(StatementBlocked(text, verdict))
         if fwd < i:
