@@ -10,8 +10,9 @@ Every secret here is unique to this run, so any hit is a leak:
     key and session token STS (moto) issues through the aws broker — learned by the test from
     the child hoop starts, over a UNIX socket (never a file), so they can be searched for.
 
-Every command runs with --debug, and the gateway too. While they run, a sampler reads every
-process's argv (/proc/*/cmdline) every 20 ms. Afterwards the HOMEs (config and cache dirs
+Every command runs with --debug, and the gateway too. While they run, every process's argv is
+watched (ArgvWatch: each exec as it happens, through the kernel's proc connector, when the test
+runs as root; /proc/*/cmdline sampled as well). Afterwards the HOMEs (config and cache dirs
 included), the TMPDIR given to hoop, every file under the system temp dirs changed during the
 run, the gateway's work dir (its log, audit database, JSON-lines export) and all captured
 stdout/stderr are searched for each canary.
@@ -36,6 +37,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import HOOP, REPO, subprocess_env
+from tests.support.exec_watch import ExecWatcher
 from tests.support.gateway import GatewayProcess
 
 ROLE_ARN = "arn:aws:iam::123456789012:role/hoop-canary"
@@ -73,6 +75,41 @@ class ArgvSampler(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
         self.join(timeout=5)
+
+
+class ArgvWatch:
+    """Every argv seen while it runs, from two sources; `sources` says which ran.
+
+    The exec watcher (tests/support/exec_watch.py) reads each process's argv at its exec, so
+    a process of a millisecond is seen too; it needs root (CAP_NET_ADMIN) and Linux. It cannot
+    see a process that exits before its argv is read (counted as unreadable), nor an argv
+    rewritten after the exec: the /proc sampler keeps running for those, every 100 ms. Without
+    the watcher the sampler runs alone every 20 ms and misses whatever lives shorter."""
+
+    def __init__(self):
+        self.watcher = ExecWatcher()
+        self.sampler = ArgvSampler()
+        self.sources: list[str] = []
+
+    def start(self) -> None:
+        if self.watcher.start():
+            self.sources.append("exec-watcher")
+            self.sampler.period = 0.1
+        self.sampler.start()
+        self.sources.append("argv-sampler")
+
+    def stop(self) -> None:
+        self.sampler.stop()
+        self.watcher.stop()
+
+    @property
+    def seen(self) -> set[str]:
+        return self.sampler.seen | self.watcher.seen
+
+
+def exec_watcher_required() -> bool:
+    """CI runs as root on Linux: there the watcher must run, not quietly fall back."""
+    return sys.platform == "linux" and (os.geteuid() == 0 or bool(os.environ.get("CI")))
 
 
 class SecretReceiver(threading.Thread):
@@ -185,7 +222,7 @@ class Run:
         self.outputs: dict[str, str] = {}
         self.roots: list[Path] = []
         self.started = time.time()
-        self.sampler = ArgvSampler()
+        self.argv = ArgvWatch()
         self.gateway: GatewayProcess | None = None
         self.role = ""
 
@@ -244,7 +281,7 @@ credentials = {{ {hints} }}
 """
     receiver = SecretReceiver(base / "report.sock")
     receiver.start()
-    run.sampler.start()
+    run.argv.start()
     with contextlib.ExitStack() as stack:
         gw = run.gateway = start_debug_gateway(config, gwdir, stack)
         token = oidc_provider.device_login("alice")["id_token"]
@@ -319,7 +356,7 @@ credentials = {{ {hints} }}
         assert done.returncode == 0, done.stderr
         time.sleep(0.5)  # the gateway's writer and exporter catch up
     # (the gateway has been stopped: its log and trail are complete)
-    run.sampler.stop()
+    run.argv.stop()
     receiver.close()
     yield run
     with contextlib.suppress(Exception):
@@ -331,20 +368,27 @@ credentials = {{ {hints} }}
 
 
 def test_the_canaries_were_really_used(canary_run):
-    """Guard against a vacuous pass: the trail holds the canary sessions and the sampler ran."""
+    """Guard against a vacuous pass: the trail holds the canary sessions, and argv was watched
+    (as root, by the exec watcher, which saw its millisecond-long probe and dropped nothing)."""
     from hoopcli.gateway.audit import open_store
 
     with open_store(canary_run.gateway.audit_store) as store:
         statements = [r["statement"] for r in store.query(kind="statement")]
     assert "select current_user, 'canary-exec'" in statements
     assert any("canary-connect-2" in (s or "") or "$1" in (s or "") for s in statements)
-    assert canary_run.sampler.samples > 50
-    assert any("psql" in argv for argv in canary_run.sampler.seen)
+    argv = canary_run.argv
+    assert argv.sampler.samples > 10
+    assert any("psql" in seen for seen in argv.seen)
+    if exec_watcher_required():
+        assert "exec-watcher" in argv.sources, f"the exec watcher did not run: {argv.watcher.error}"
+        assert argv.watcher.working, argv.watcher.summary  # it saw its probe (/bin/sh -c :, ~1 ms)
+        assert argv.watcher.summary["overflows"] == 0, argv.watcher.summary
+        assert any("/psql " in seen and "canary-exec" in seen for seen in argv.watcher.seen)  # psql's execs
     assert len(canary_run.canaries) == 6
 
 
 def test_no_canary_in_any_process_argv(canary_run):
-    found = hits(canary_run.canaries, texts={f"argv: {argv[:120]}": argv for argv in canary_run.sampler.seen})
+    found = hits(canary_run.canaries, texts={f"argv: {argv[:120]}": argv for argv in canary_run.argv.seen})
     assert found == []
 
 
@@ -412,8 +456,8 @@ def test_in_process_login_tokens_never_leave_the_keyring(hoop, hoop_home, mem_ke
     gw_workdir.mkdir()
     import contextlib
 
-    sampler = ArgvSampler()
-    sampler.start()
+    argv = ArgvWatch()
+    argv.start()
     outputs: dict[str, str] = {}
     with contextlib.ExitStack() as stack:
         config = canary_run.gateway.config.read_text()
@@ -442,8 +486,8 @@ def test_in_process_login_tokens_never_leave_the_keyring(hoop, hoop_home, mem_ke
         result = hoop("--debug", "logout", "--json")
         outputs["logout"] = result.out + result.err
         assert result.code == 0 and json.loads(result.out.splitlines()[-1])["refresh_token_revoked"] is True
-    sampler.stop()
+    argv.stop()
     assert mem_keyring.items == {}
     found = hits(canaries, files=list(files_under(hoop_home, gw_workdir)), texts=outputs)
-    found += hits(canaries, texts={f"argv: {a[:120]}": a for a in sampler.seen})
+    found += hits(canaries, texts={f"argv: {a[:120]}": a for a in argv.seen})
     assert found == []
