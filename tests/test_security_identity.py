@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-import time
 
 import pytest
 import requests
@@ -148,17 +147,10 @@ def api(gw, method: str, path: str, token: str, **body) -> requests.Response:
                             json=body or None, verify=gw.ca_file, timeout=10)
 
 
-def wait_records(gw, predicate, timeout: float = 5.0) -> list[dict]:
-    """Records matching `predicate`, polling the store until at least one is there."""
-    from hoopcli.gateway.audit import open_store
-
-    deadline = time.monotonic() + timeout
-    while True:
-        with open_store(gw.audit_store) as store:
-            found = [r for r in store.query() if predicate(r)]
-        if found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.05)
+def wait_records(gw, predicate) -> list[dict]:
+    """Records matching `predicate`, once the store holds everything the gateway had submitted
+    (a barrier, tests/support/gateway.py), so the exact counts below are complete."""
+    return [r for r in gw.records() if predicate(r)]
 
 
 def connect_status(gw, target: str, token: str) -> int:
