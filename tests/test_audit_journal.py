@@ -169,3 +169,24 @@ def test_the_journal_keeps_no_password_in_any_frame(tmp_path):
     data = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.is_file())
     assert secret.encode() not in data
     assert b"too large to mask before forwarding" in data and b"ALTER ROLE app " in data
+
+
+def test_a_failed_write_is_cut_off_so_later_frames_still_replay(tmp_path, monkeypatch):
+    """A short write (a full disk) must not leave a torn frame in the middle of a segment:
+    replay stops at the first torn frame, so every start written after it would be lost."""
+    import hoopcli.gateway.audit.journal as journal_module
+
+    journal = Journal(tmp_path / "j")
+    journal.started(SESSION, time.time(), "select 1", "query", None)
+    journal.commit()
+    real_write = journal_module.os.write
+    monkeypatch.setattr(journal_module.os, "write", lambda fd, data: real_write(fd, data[: len(data) // 2]))
+    journal.started(SESSION, time.time(), "select 2", "query", None)
+    with pytest.raises(OSError):
+        journal.commit()  # not on disk: the relay does not forward this statement
+    monkeypatch.setattr(journal_module.os, "write", real_write)
+    journal.started(SESSION, time.time(), "select 3", "query", None)
+    journal.commit()
+    journal.close(everything_stored=False)
+    [segment] = (tmp_path / "j").glob("*.journal")
+    assert [f[4] for f in read_frames(segment) if f[0] == "s"] == ["select 1", "select 3"]

@@ -206,9 +206,8 @@ class ClientSide(asyncio.Protocol):
         self.engine = None
         self.recorder: SessionRecorder | None = None
         self.journal = None  # audit/journal.py when the durability level keeps one
-        self.held_upstream: list[bytes] | None = None  # bytes waiting for the journal (write, sync)
-        self.held_until = 0  # ("power") the journal writes a sync must cover first
-        self.recommit = False  # held bytes arrived since the journal was last committed
+        self.held_upstream: list[bytes] | None = None  # ("power") bytes waiting for a journal sync
+        self.held_until = 0  # the journal frames that sync must cover
         self.peer = ""
         self.started = 0.0
         self.bytes_up = 0
@@ -294,39 +293,24 @@ class ClientSide(asyncio.Protocol):
 
     def upstream(self, data: bytes) -> None:
         """Forward to the target once the journal holds every start so far at the gateway's
-        durability level. Starts not yet written: at the loop's next turn, after one write for
-        every session that forwards in this one (group commit); "power" then also waits for
-        the next group fsync. Later bytes queue behind, in order."""
+        durability level: at once for "process" (commit() writes), after the next group
+        fsync for "power" (later bytes queue behind, in order)."""
         journal = self.journal
-        if journal is None:
-            self.target.transport.write(data)
-        elif self.held_upstream is not None:
+        need = 0 if journal is None else journal.commit()
+        if self.held_upstream is not None:
             self.held_upstream.append(data)
-            self.recommit = True  # what these bytes started is written before they go
-        elif journal.pending:
-            self.held_upstream, self.held_until, self.recommit = [data], 0, True
-            journal.after_write(self._release_upstream)
-        elif not (need := journal.commit()):
+            self.held_until = max(self.held_until, need)
+        elif not need:
             self.target.transport.write(data)
-        else:  # "power": written, not yet synced
-            self.held_upstream, self.held_until, self.recommit = [data], need, False
+        else:
+            self.held_upstream, self.held_until = [data], need
             journal.when_durable(self._release_upstream)
 
     def _release_upstream(self) -> None:
         if self.held_upstream is None:
             return
-        journal = self.journal
-        if self.recommit:
-            self.recommit = False
-            try:
-                self.held_until = max(self.held_until, journal.commit())
-            except OSError:  # the journal cannot be written: nothing of this goes upstream
-                log.error("session %s closed: its statements could not be journaled", self.peer)
-                self.held_upstream = None
-                self.close()
-                return
-        if journal.synced < self.held_until:  # "power": wait for a sync that covers the write
-            journal.when_durable(self._release_upstream)
+        if self.journal.synced < self.held_until:  # bytes that arrived meanwhile need the next sync
+            self.journal.when_durable(self._release_upstream)
             return
         held, self.held_upstream = self.held_upstream, None
         if self.target is not None and self.target.transport is not None and not self.target.transport.is_closing():

@@ -114,8 +114,9 @@ def segment_name(run: str, number: int) -> str:
 
 
 # What the gateway's threads hand the journal (`Journal._pending`), turned into entries by
-# whichever thread writes next (`Journal._drain`), in the order they were handed over.
-_START, _OUTCOME, _RECORD, _FORGET = range(4)
+# whichever thread writes next (`Journal._drain`), in the order they were handed over: starts
+# ("s", with the session's dict), outcomes ("o", already the entry) and these.
+_RECORD, _FORGET = range(2)
 
 
 class Journal:
@@ -145,7 +146,6 @@ class Journal:
         self._newest_ticket = 0
         self._starts: dict[int, tuple[tuple, tuple]] = {}  # running: start id → its session's entry, its entry
         self._next_start = 0  # the event loop's
-        self._turn: list = []  # the event loop's: callbacks waiting for this turn's write
         self._sessions: dict[int, tuple[int, tuple, dict]] = {}  # id(session) → number, entry, session
         self._in_segment: set[int] = set()  # session numbers written in the current segment
         self._next_session = 0
@@ -160,7 +160,8 @@ class Journal:
     def started(self, session: dict, started: float, text: str, kind: str, params) -> int:
         self._next_start += 1
         start_id = self._next_start
-        self._pending.append((_START, start_id, session, started, journal_text(text), kind, params))
+        text = mask_sql_secrets(text) if len(text) <= MASK_ON_LOOP_MAX else journal_text(text)
+        self._pending.append(("s", start_id, session, started, text, kind, params))
         return start_id
 
     def commit(self) -> int:
@@ -173,30 +174,6 @@ class Journal:
             return 0
         writes = self._writes
         return 0 if self._synced >= writes else writes
-
-    @property
-    def pending(self) -> bool:
-        """Something handed over is not written yet."""
-        return bool(self._pending)
-
-    def after_write(self, callback) -> None:
-        """Run `callback` on the calling loop at its next turn, after one commit() that writes
-        what every session handed over in this turn (group commit: one write() for them all).
-        One journal serves one event loop."""
-        self._turn.append(callback)
-        if len(self._turn) == 1:
-            import asyncio
-
-            asyncio.get_running_loop().call_soon(self._commit_turn)
-
-    def _commit_turn(self) -> None:
-        callbacks, self._turn = self._turn, []
-        try:
-            self.commit()
-        except OSError as exc:  # each callback commits again, fails and closes its session
-            log.error("audit journal: write failed: %s", exc)
-        for callback in callbacks:
-            callback()
 
     @property
     def synced(self) -> int:
@@ -213,7 +190,7 @@ class Journal:
         (`start_id`) keeps only its outcome here: replay takes the rest from the start."""
         if start_id and type(record) is tuple:
             _, _, _, duration, outcome, tag, code, message, details = record
-            self._pending.append((_OUTCOME, ticket, start_id, duration, outcome, tag, code, message, details))
+            self._pending.append(("o", ticket, start_id, duration, outcome, tag, code, message, details))
         else:
             self._pending.append((_RECORD, ticket, record))
 
@@ -255,25 +232,27 @@ class Journal:
     def _drain(self, last: tuple | None = None) -> None:
         """Write what is pending (and `last`) as one frame. Entries handed over meanwhile wait
         for the next drain: whoever handed them over commits after this one ends."""
-        pending = self._pending
+        pending, sessions, in_segment, starts = self._pending, self._sessions, self._in_segment, self._starts
         entries: list[tuple] = []
-        for _ in range(len(pending)):
+        for _ in range(len(pending)):  # one pass, few calls: this runs on the loop for every statement
             item = pending.popleft()
             what = item[0]
-            if what is _START:
+            if what == "s":
                 _, start_id, session, started, text, kind, params = item
-                number, session_entry = self._session_number(session, entries)
-                entry = ("s", start_id, number, started, text, kind, params)
-                self._starts[start_id] = (session_entry, entry)
-            elif what is _OUTCOME:
-                entry = ("o", *item[1:])
-                self._starts.pop(item[2], None)
+                known = sessions.get(id(session))
+                if known is None or known[0] not in in_segment:
+                    known = self._session_entry(session, entries)
+                entry = ("s", start_id, known[0], started, text, kind, params)
+                starts[start_id] = (known[1], entry)
+            elif what == "o":  # already the entry
+                entry = item
+                starts.pop(item[2], None)
                 self._newest_ticket = item[1]
             elif what is _RECORD:
                 entry = self._record_entry(item[1], item[2], entries)
                 self._newest_ticket = item[1]
             else:  # _FORGET
-                self._sessions.pop(id(item[1]), None)
+                sessions.pop(id(item[1]), None)
                 continue
             entries.append(entry)
         if last is not None:
@@ -284,15 +263,15 @@ class Journal:
     def _record_entry(self, ticket: int, record, entries: list) -> tuple:
         if type(record) is tuple:  # a statement tuple (record.py) with no journaled start
             session, started, text, duration, outcome, tag, code, message, details = record
-            number = self._session_number(session, entries)[0]
+            number = self._session_entry(session, entries)[0]
             return ("t", ticket, 0, number, started, journal_text(text), duration, outcome, tag, code, message, details)
         if isinstance(record, dict) and isinstance(record.get("statement"), str):
             record = {**record, "statement": journal_text(record["statement"])}
         return ("d", ticket, record)
 
-    def _session_number(self, session: dict, entries: list) -> tuple[int, tuple]:
-        """The session's number and entry; the entry goes into `entries` first if this
-        segment lacks it."""
+    def _session_entry(self, session: dict, entries: list) -> tuple[int, tuple, dict]:
+        """(number, entry, session) for a session; its entry goes into `entries` first if
+        this segment lacks it."""
         known = self._sessions.get(id(session))
         if known is None:
             self._next_session += 1
@@ -301,10 +280,10 @@ class Journal:
         if known[0] not in self._in_segment:
             self._in_segment.add(known[0])
             entries.append(known[1])
-        return known[0], known[1]
+        return known
 
     def _write(self, data: bytes) -> None:
-        _write_all(self._fd, data)
+        self._append_frame(data)
         self._size += len(data)
         self._writes += 1
         if self._size >= self.segment_bytes:
@@ -325,9 +304,21 @@ class Journal:
             entries.append(entry)
         if entries:
             data = encode_frame(entries)
-            _write_all(self._fd, data)
+            self._append_frame(data)
             self._size = len(data)
             self._writes += 1
+
+    def _append_frame(self, data: bytes) -> None:
+        """One write() per frame. A failed or short one (a full disk) is cut off again, so the
+        frames written after it are not hidden behind a torn one when the journal is replayed."""
+        try:
+            if os.write(self._fd, data) == len(data):
+                return
+            problem: OSError = OSError(f"short write to {self._path(self._number).name}")
+        except OSError as exc:
+            problem = exc
+        os.ftruncate(self._fd, self._size)
+        raise problem
 
     def _open_segment(self) -> None:
         self._number += 1
@@ -388,12 +379,6 @@ class _GroupSync:
                     loop.call_soon_threadsafe(callback)
                 except RuntimeError:  # that loop is closed: nothing waits any more
                     pass
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def _fsync_directory(directory: Path) -> None:
