@@ -53,6 +53,7 @@ import json
 import secrets
 import ssl
 import time
+import urllib.parse
 import urllib.request
 
 from tests.masking_spellings import PG_SPELLINGS, fragments
@@ -95,10 +96,19 @@ def _trail_files(gateway) -> list[str]:
 
 
 def _approvals_seen_by(gateway, token: str) -> bytes:
+    """Every page of the approvals list (it is paged: other tests leave requests pending too)."""
     ctx = ssl.create_default_context(cafile=gateway.ca_file)
-    request = urllib.request.Request(gateway.url + "/api/approvals", headers={"Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(request, context=ctx, timeout=10) as answer:
-        return answer.read()
+    pages, cursor = [], ""
+    for _ in range(100):  # bounded: at most 100 pages of 500
+        query = "?limit=500" + (f"&cursor={urllib.parse.quote(cursor)}" if cursor else "")
+        request = urllib.request.Request(gateway.url + "/api/approvals" + query, headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, context=ctx, timeout=10) as answer:
+            body = answer.read()
+        pages.append(body)
+        cursor = json.loads(body).get("next") or ""
+        if not cursor:
+            break
+    return b"\n".join(pages)
 
 
 def test_postgres_password_in_any_spelling_reaches_neither_trail_nor_export(gateway, as_user, pg_server):
