@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 
 import pytest
 
-from hoopcli.gateway.approvals import ApprovalBook, ApprovalRequest, ApprovalStateError
+from hoopcli.gateway.approvals import ApprovalBook, ApprovalStateError
 
 STMT = "DROP TABLE orders"
 
@@ -169,70 +168,12 @@ def test_pending_limit_per_sub(clock):
     book.request("bob", "app-db", "DROP TABLE c")
 
 
-def test_store_hook_saves_and_restores(clock):
-    class Store:
-        def __init__(self):
-            self.rows: dict[str, dict] = {}
-
-        def save(self, request):
-            self.rows[request.id] = request.to_dict()
-
-        def load(self):
-            return [ApprovalRequest.from_dict(row) for row in self.rows.values()]
-
-    store = Store()
-    book = ApprovalBook({"dba"}, clock=clock, store=store)
-    req = book.request("alice", "app-db", STMT, ["drop"])
-    book.approve(req.id, "carol", ["dba"])
-    assert store.rows[req.id]["status"] == "approved"
-
-    restarted = ApprovalBook({"dba"}, clock=clock, store=store)
-    used = restarted.consume("alice", "app-db", STMT)
-    assert used is not None and used.id == req.id and used.categories == ("drop",)
-    assert store.rows[req.id]["status"] == "used"
-
-
 def test_finished_requests_are_forgotten_after_retention(clock):
     book = ApprovalBook({"dba"}, clock=clock, retention=600)
     req = book.request("alice", "app-db", STMT)
     book.deny(req.id, "carol", ["dba"])
     clock.now += 601
     assert book.list() == []
-
-
-def test_wait_wakes_on_approve(book):
-    req = book.request("alice", "app-db", STMT)
-    timer = threading.Timer(0.05, book.approve, args=(req.id, "carol", ["dba"]))
-    started = time.monotonic()
-    timer.start()
-    try:
-        assert book.wait(req.id, timeout=5) == "approved"
-    finally:
-        timer.cancel()
-    assert time.monotonic() - started < 2
-
-
-def test_wait_wakes_on_deny(book):
-    req = book.request("alice", "app-db", STMT)
-    timer = threading.Timer(0.05, book.deny, args=(req.id, "carol", ["dba"]))
-    timer.start()
-    try:
-        assert book.wait(req.id, timeout=5) == "denied"
-    finally:
-        timer.cancel()
-
-
-def test_wait_times_out(book):
-    req = book.request("alice", "app-db", STMT)
-    started = time.monotonic()
-    assert book.wait(req.id, timeout=0.1) == "pending"
-    assert 0.09 <= time.monotonic() - started < 1.5
-
-
-def test_wait_returns_at_once_for_a_decided_request(book):
-    req = book.request("alice", "app-db", STMT)
-    book.approve(req.id, "carol", ["dba"])
-    assert book.wait(req.id, timeout=0) == "approved"
 
 
 def test_concurrent_requests_for_one_statement_share_one_request(book):
@@ -341,28 +282,6 @@ def test_approve_by_hash_refuses_another_hash(book):
     assert book.approve(req.id, "carol", ["dba"], sha256=_sha(LONG).upper()).status == "approved"
     other = book.request("alice", "app-db", LONG + "-- 2")
     assert book.deny(other.id, "carol", ["dba"]).status == "denied"  # denying needs no hash
-
-
-def test_requests_saved_before_the_prefix_format_still_load(clock):
-    class OldStore:  # rows as the book wrote them when it kept whole statements
-        rows = [
-            {"id": "0000aaaa", "sub": "alice", "connection": "app-db", "statement": LONG, "categories": ["delete"],
-             "created_at": clock.now, "expires_at": clock.now + 600, "status": "approved", "decided_by": "carol",
-             "decided_at": clock.now, "reason": "", "grant_expires_at": clock.now + 600, "used_at": None},
-        ]
-
-        def save(self, request):
-            pass
-
-        def load(self):
-            return [ApprovalRequest.from_dict(row) for row in self.rows]
-
-    book = ApprovalBook({"dba"}, clock=clock, store=OldStore())
-    loaded = book.get("0000aaaa")
-    assert loaded.truncated and loaded.statement_sha256 == _sha(LONG) and len(loaded.statement) == PREFIX_BYTES
-    assert book.consume("alice", "app-db", LONG).id == "0000aaaa"  # its grant still works, by hash
-    again = ApprovalRequest.from_dict(loaded.to_dict())  # and the new format round-trips as is
-    assert again == loaded
 
 
 def test_requests_do_not_hold_the_statement_in_memory(clock):

@@ -5,7 +5,8 @@ one of the connection's approver groups, and never the requester) approves or de
 approval lets exactly that statement text through once, for the same identity on the same
 connection and database, within a window. Identities are principals, (issuer, sub): the same
 `sub` from another issuer is someone else, who neither sees nor uses the request. The book
-lives in memory and is thread-safe; a store (`save(request)`, `load()`) can keep it.
+lives in memory and is thread-safe (approvals shared by several gateways belong in the
+store: the fleet work).
 
 A request keeps a bounded prefix of its statement (PREFIX_BYTES of UTF-8, cut on a character
 boundary) with the full text's SHA-256 and length, never the whole text: a statement can be
@@ -24,8 +25,8 @@ import re
 import secrets
 import threading
 import time
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Callable, Iterable, Literal, Mapping, Protocol
+from dataclasses import asdict, dataclass, replace
+from typing import Callable, Iterable, Literal, Mapping
 
 from hoopcli.gateway.identity import Principal
 
@@ -36,7 +37,6 @@ __all__ = [
     "ApprovalBook",
     "ApprovalRequest",
     "ApprovalStateError",
-    "ApprovalStore",
     "StatementDigest",
     "digest_statement",
 ]
@@ -140,17 +140,6 @@ class ApprovalRequest:
         data["categories"] = list(self.categories)
         return data
 
-    @classmethod
-    def from_dict(cls, data: dict) -> ApprovalRequest:
-        """Also reads requests saved before they kept a prefix and hash (their statement is
-        whole then: it is digested now, and cut like a new one)."""
-        known = {f.name for f in fields(cls)}
-        data = {k: v for k, v in data.items() if k in known}
-        data["categories"] = tuple(data.get("categories", ()))
-        if not data.get("statement_sha256"):
-            data.update(_digest_fields(digest_statement(data.get("statement") or "")))
-        return cls(**data)
-
 
 def _digest_fields(digest: StatementDigest) -> dict:
     return {
@@ -183,14 +172,6 @@ def _parse_cursor(cursor: str) -> tuple[float, str]:
 
 class ApprovalStateError(ValueError):
     """The request is not pending any more (already decided, used or expired)."""
-
-
-class ApprovalStore(Protocol):
-    """Persistence hook: the book calls `save` after every change and `load` once at start."""
-
-    def save(self, request: ApprovalRequest) -> None: ...
-
-    def load(self) -> Iterable[ApprovalRequest]: ...
 
 
 def _principal(who, role: str) -> Principal:
@@ -237,7 +218,6 @@ class ApprovalBook:
         clock: Callable[[], float] = time.time,
         on_request: Callable[[ApprovalRequest], None] | None = None,
         on_decision: Callable[[ApprovalRequest], None] | None = None,
-        store: ApprovalStore | None = None,
         id_factory: Callable[[], str] = _new_id,
     ) -> None:
         if isinstance(approver_groups, str):
@@ -262,16 +242,11 @@ class ApprovalBook:
         self._clock = clock
         self.on_request = on_request
         self.on_decision = on_decision
-        self._store = store
         self._new_id = id_factory
         self._lock = threading.RLock()
-        self._changed = threading.Condition(self._lock)
         self._requests: dict[str, ApprovalRequest] = {}
         self._pending_by_key: dict[tuple[str, ...], str] = {}
         self._approved_by_key: dict[tuple[str, ...], list[str]] = {}
-        if store is not None:
-            for request in store.load():
-                self._index(request)
 
     # ---- bookkeeping (lock held) -----------------------------------------------------------
 
@@ -292,24 +267,22 @@ class ApprovalBook:
         elif request.status == "approved":
             self._approved_by_key.setdefault(request.key, []).append(request.id)
 
-    def _put(self, request: ApprovalRequest, changed: list[ApprovalRequest]) -> ApprovalRequest:
+    def _put(self, request: ApprovalRequest) -> ApprovalRequest:
         self._index(request)
-        changed.append(request)
-        self._changed.notify_all()
         return request
 
-    def _expire(self, request: ApprovalRequest, now: float, changed: list[ApprovalRequest]) -> ApprovalRequest:
+    def _expire(self, request: ApprovalRequest, now: float) -> ApprovalRequest:
         """The request as it stands at `now`: pending past its TTL or approved past its window expire."""
         if request.status == "pending" and now >= request.expires_at:
-            return self._put(replace(request, status="expired"), changed)
+            return self._put(replace(request, status="expired"))
         if request.status == "approved" and request.grant_expires_at is not None and now >= request.grant_expires_at:
-            return self._put(replace(request, status="expired"), changed)
+            return self._put(replace(request, status="expired"))
         return request
 
-    def _sweep(self, now: float, changed: list[ApprovalRequest]) -> None:
+    def _sweep(self, now: float) -> None:
         finished = []
         for request in list(self._requests.values()):
-            request = self._expire(request, now, changed)
+            request = self._expire(request, now)
             if request.status not in ("pending", "approved"):
                 if now - _finished_at(request) >= self.retention:
                     del self._requests[request.id]
@@ -335,15 +308,6 @@ class ApprovalBook:
                 f"and this one has {digest.size}, over the limit of {self.max_pending_bytes}; "
                 "wait for an approver to decide, or send a smaller statement"
             )
-
-    def _save(self, changed: list[ApprovalRequest]) -> None:
-        """Persist and report changes; called without the lock held."""
-        if self._store is not None:
-            for request in changed:
-                try:
-                    self._store.save(request)
-                except Exception:  # the book stays authoritative in memory
-                    log.exception("approval store failed to save request %s", request.id)
 
     @staticmethod
     def _call(hook: Callable[[ApprovalRequest], None] | None, request: ApprovalRequest) -> None:
@@ -373,17 +337,16 @@ class ApprovalBook:
         or this statement would take their pending statements past `max_pending_bytes`."""
         requester = _principal(requester, "requester")
         digest = digest_statement(statement)  # outside the lock: hashing 64 MiB takes a while
-        changed: list[ApprovalRequest] = []
         created = None
         with self._lock:
             now = self._clock()
             key = (requester.issuer, requester.sub, connection, database, digest.sha256)
             existing_id = self._pending_by_key.get(key)
             if existing_id is not None:
-                existing = self._expire(self._requests[existing_id], now, changed)
+                existing = self._expire(self._requests[existing_id], now)
                 if existing.status == "pending":
                     return existing
-            self._sweep(now, changed)
+            self._sweep(now)
             self._check_room(requester, digest)
             request_id = self._new_id().lower()
             while request_id in self._requests:
@@ -400,9 +363,7 @@ class ApprovalBook:
                     expires_at=now + self.pending_ttl,
                     **_digest_fields(digest),
                 ),
-                changed,
             )
-        self._save(changed)
         self._call(self.on_request, created)
         return created
 
@@ -417,16 +378,14 @@ class ApprovalBook:
         requester = _principal(requester, "requester")
         sha256 = digest_statement(statement, keep=0).sha256
         key = (requester.issuer, requester.sub, connection, database, sha256)
-        changed: list[ApprovalRequest] = []
         used = None
         with self._lock:
             now = self._clock()
             for request_id in list(self._approved_by_key.get(key, ())):
-                request = self._expire(self._requests[request_id], now, changed)
+                request = self._expire(self._requests[request_id], now)
                 if request.status == "approved":
-                    used = self._put(replace(request, status="used", used_at=now), changed)
+                    used = self._put(replace(request, status="used", used_at=now))
                     break
-        self._save(changed)
         if used is not None:
             self._call(self.on_decision, used)
         return used
@@ -478,55 +437,50 @@ class ApprovalBook:
         verb = "approve" if status == "approved" else "deny"
         approver = _principal(approver, "approver")
         approver_sub = approver.sub
-        changed: list[ApprovalRequest] = []
-        try:
-            with self._lock:
-                now = self._clock()
-                request = self._get(request_id)
-                if approver == request.requester:
-                    raise PermissionError(
-                        f"{approver_sub} cannot {verb} request {request.id}: it is their own; "
-                        "another approver must decide"
-                    )
-                approvers = self.approvers_for(request.connection)
-                if approvers.isdisjoint(approver_groups):
-                    if not approvers:
-                        raise PermissionError(
-                            f"cannot {verb} request {request.id}: no approver groups are configured"
-                        )
-                    raise PermissionError(
-                        f"{approver_sub} cannot {verb} request {request.id}: "
-                        f"approvers must be in one of the groups {', '.join(sorted(approvers))}"
-                    )
-                request = self._expire(request, now, changed)
-                if request.status != "pending":
-                    raise ApprovalStateError(f"request {request.id} is {request.status}, not pending")
-                if status == "approved" and request.truncated and sha256 is None:
-                    raise ApprovalStateError(
-                        f"request {request.id} is for a statement of {request.statement_bytes} bytes, of which "
-                        f"only the first {len(request.statement.encode('utf-8', 'surrogatepass'))} are kept: "
-                        "read the whole text where its requester keeps it, then approve with the SHA-256 of "
-                        f"that text (--sha256); this one's is {request.statement_sha256}"
-                    )
-                if sha256 is not None and sha256.strip().lower() != request.statement_sha256:
-                    raise ApprovalStateError(
-                        f"request {request.id} is for the statement with SHA-256 {request.statement_sha256}, "
-                        f"not {sha256.strip()}; nothing was approved"
-                    )
-                decided = self._put(
-                    replace(
-                        request,
-                        status=status,
-                        decided_by=approver_sub,
-                        decided_by_issuer=approver.issuer,
-                        decided_at=now,
-                        reason=reason,
-                        grant_expires_at=now + self.grant_window if status == "approved" else None,
-                    ),
-                    changed,
+        with self._lock:
+            now = self._clock()
+            request = self._get(request_id)
+            if approver == request.requester:
+                raise PermissionError(
+                    f"{approver_sub} cannot {verb} request {request.id}: it is their own; "
+                    "another approver must decide"
                 )
-        finally:
-            self._save(changed)
+            approvers = self.approvers_for(request.connection)
+            if approvers.isdisjoint(approver_groups):
+                if not approvers:
+                    raise PermissionError(
+                        f"cannot {verb} request {request.id}: no approver groups are configured"
+                    )
+                raise PermissionError(
+                    f"{approver_sub} cannot {verb} request {request.id}: "
+                    f"approvers must be in one of the groups {', '.join(sorted(approvers))}"
+                )
+            request = self._expire(request, now)
+            if request.status != "pending":
+                raise ApprovalStateError(f"request {request.id} is {request.status}, not pending")
+            if status == "approved" and request.truncated and sha256 is None:
+                raise ApprovalStateError(
+                    f"request {request.id} is for a statement of {request.statement_bytes} bytes, of which "
+                    f"only the first {len(request.statement.encode('utf-8', 'surrogatepass'))} are kept: "
+                    "read the whole text where its requester keeps it, then approve with the SHA-256 of "
+                    f"that text (--sha256); this one's is {request.statement_sha256}"
+                )
+            if sha256 is not None and sha256.strip().lower() != request.statement_sha256:
+                raise ApprovalStateError(
+                    f"request {request.id} is for the statement with SHA-256 {request.statement_sha256}, "
+                    f"not {sha256.strip()}; nothing was approved"
+                )
+            decided = self._put(
+                replace(
+                    request,
+                    status=status,
+                    decided_by=approver_sub,
+                    decided_by_issuer=approver.issuer,
+                    decided_at=now,
+                    reason=reason,
+                    grant_expires_at=now + self.grant_window if status == "approved" else None,
+                ),
+            )
         self._call(self.on_decision, decided)
         return decided
 
@@ -540,21 +494,17 @@ class ApprovalBook:
 
     def get(self, request_id: str) -> ApprovalRequest:
         """The request as it stands now; KeyError for an unknown id."""
-        changed: list[ApprovalRequest] = []
         with self._lock:
-            request = self._expire(self._get(request_id), self._clock(), changed)
-        self._save(changed)
+            request = self._expire(self._get(request_id), self._clock())
         return request
 
     def list(self, status: str | None = None) -> list[ApprovalRequest]:
         """Requests (all, or those with `status`), oldest first."""
         if status is not None and status not in STATUSES:
             raise ValueError(f"unknown status {status!r}: expected one of {', '.join(STATUSES)}")
-        changed: list[ApprovalRequest] = []
         with self._lock:
-            self._sweep(self._clock(), changed)
+            self._sweep(self._clock())
             found = [r for r in self._requests.values() if status is None or r.status == status]
-        self._save(changed)
         return sorted(found, key=lambda r: (r.created_at, r.id))
 
     def page(
@@ -580,22 +530,3 @@ class ApprovalBook:
         ]
         rows = found[:limit]
         return rows, _cursor(rows[-1]) if len(found) > limit else None
-
-    def wait(self, request_id: str, timeout: float | None = None) -> Status:
-        """Block until the request leaves `pending` or `timeout` seconds pass; return its status.
-
-        A request that expires while waited on returns "expired" (checked at least once a
-        second, since the book's clock may not be wall time)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        changed: list[ApprovalRequest] = []
-        with self._lock:
-            while True:
-                request = self._expire(self._get(request_id), self._clock(), changed)
-                if request.status != "pending":
-                    break
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    break
-                self._changed.wait(1.0 if remaining is None else min(remaining, 1.0))
-        self._save(changed)
-        return request.status
