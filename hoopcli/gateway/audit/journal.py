@@ -14,11 +14,13 @@ bytes go upstream:
              a gateway that dies loses what was queued (up to the writer's batch interval,
              more while the store is slow).
 
-A start costs the event loop a tuple on a queue; the relay's commit() writes every start,
-outcome and other record handed over so far with one write() (group commit: the starts of
-every session since the last write share it), before the statement's bytes go upstream. The
-writer thread writes what is left before it takes a batch: the store never holds a record
-the journal does not, so a restart knows what is stored.
+A start costs the event loop a tuple on a queue; before the statement's bytes go upstream
+the relay's commit() writes whatever was handed over since the last write (the start, the
+outcomes that came meanwhile, other records) as one frame with one write(). The writer
+thread writes what is left before it takes a batch: the store never holds a record the
+journal does not, so a restart knows what is stored. (Deferring the write to the loop's next
+turn, so that every session forwarding in one turn shares it, was measured: the callbacks
+cost the loop as much as the writes saved, and -c 1 waited a turn longer. bench/durability.py.)
 
 Files: `<dir>/<run>.<segment>.journal`, one run per gateway start, a lock file keeping a
 second gateway out. One frame per write: length (4 bytes), CRC-32 (4), codec (1: marshal or
@@ -80,8 +82,8 @@ def journal_text(text: str) -> str:
 
 
 def encode_frame(entries: list) -> bytes:
-    """One frame holding every entry of one write: one header and one CRC per write (group
-    commit), so a write torn by a power loss is found and dropped whole."""
+    """One frame holding every entry of one write: one header and one CRC per write, so a
+    write torn by a power loss is found and dropped whole."""
     try:
         codec, payload = _MARSHAL, marshal.dumps(entries)
     except ValueError:  # a details value marshal does not know
