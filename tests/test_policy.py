@@ -467,3 +467,16 @@ def test_default_policy_holds_sql_level_execute(sql, dialect):
 
     decision = Policy.from_config("default").decide(sql, ("alice", ()), dialect)
     assert decision.action == "require_approval" and "execute_prepared" in decision.categories
+
+
+def test_a_statement_no_parser_reads_is_held_with_a_hint_that_it_may_be_a_typo():
+    """Held, not forwarded (the server must not run what the classifier could not see); the
+    message says the likely cause, and the approver's command stays the last part."""
+    from hoopcli.gateway.approvals import ApprovalBook
+
+    gate = make_gate(Policy(DEFAULT_RULES), ApprovalBook({"dba"}), ("alice", frozenset()), "app-db", PG)
+    held = gate("selec 1")
+    assert held.action == "hold" and held.rule == "unparseable"
+    assert "could not read it (a typo?" in held.message
+    assert held.message.endswith(f"An approver runs: hoop approvals approve {held.request_id}")
+    assert "typo" not in gate("DROP TABLE t").message

@@ -110,9 +110,12 @@ def make_gate(
             request = book.request(requester, connection, text, decision.categories, database=where)
         except PermissionError as exc:  # too many pending requests
             return Verdict("deny", f"hoop: {exc}", rule=decision.reason)
+        # Text the parsers cannot read is held, not forwarded: the server must not run what the
+        # classifier could not see (a typo is the common case; say so).
+        unread = "The gateway could not read it (a typo? fix it and run it again). " if decision.reason == "unparseable" else ""
         return Verdict(
             "hold",
-            f"hoop: statement held for approval (request {request.id}). "
+            f"hoop: statement held for approval (request {request.id}). {unread}"
             f"An approver runs: hoop approvals approve {request.id}",
             request_id=request.id,
             rule=decision.reason,
