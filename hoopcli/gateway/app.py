@@ -231,8 +231,10 @@ def public_request(request) -> dict:
     return data
 
 
-async def serve(gateway: Gateway, ssl_ctx: ssl.SSLContext | None, ready=None) -> None:
-    """Listen until cancelled or signalled; then close every session and flush the trail."""
+async def serve(gateway: Gateway, ssl_ctx: ssl.SSLContext | None, ready=None, tls_files: tuple[str, str] | None = None) -> None:
+    """Listen until cancelled or signalled; then close every session and flush the trail.
+    SIGHUP re-reads `tls_files` (certificate, key) into the listening context: new handshakes
+    get the new certificate, sessions already open keep theirs."""
     from hoopcli.gateway.server import ClientSide
 
     loop = asyncio.get_running_loop()
@@ -243,6 +245,11 @@ async def serve(gateway: Gateway, ssl_ctx: ssl.SSLContext | None, ready=None) ->
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
             loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    if ssl_ctx is not None and tls_files is not None:
+        try:
+            loop.add_signal_handler(signal.SIGHUP, _reload_tls, ssl_ctx, tls_files)
         except (NotImplementedError, RuntimeError):
             pass
     if ready:
@@ -258,7 +265,20 @@ async def serve(gateway: Gateway, ssl_ctx: ssl.SSLContext | None, ready=None) ->
         await loop.run_in_executor(None, gateway.close)
 
 
-def run_gateway(gateway: Gateway, ssl_ctx, ready=None) -> None:
+def _reload_tls(ssl_ctx: ssl.SSLContext, tls_files: tuple[str, str]) -> None:
+    """A rotated certificate takes effect without dropping sessions; a bad pair keeps the old one."""
+    from hoopcli.errors import HoopError
+    from hoopcli.gateway.tls import load_pair
+
+    try:
+        load_pair(ssl_ctx, *tls_files)
+    except HoopError as exc:
+        log.error("SIGHUP: TLS certificate not reloaded, the old one stays: %s", exc.message)
+        return
+    log.warning("SIGHUP: TLS certificate reloaded from %s", tls_files[0])
+
+
+def run_gateway(gateway: Gateway, ssl_ctx, ready=None, tls_files: tuple[str, str] | None = None) -> None:
     from hoopcli.netutil import new_event_loop
 
     # Everything made so far (modules, settings, policies) lives as long as the process: keep it
@@ -266,6 +286,6 @@ def run_gateway(gateway: Gateway, ssl_ctx, ready=None) -> None:
     gc.freeze()
     loop = new_event_loop()
     try:
-        loop.run_until_complete(serve(gateway, ssl_ctx, ready))
+        loop.run_until_complete(serve(gateway, ssl_ctx, ready, tls_files))
     finally:
         loop.close()

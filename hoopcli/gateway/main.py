@@ -55,6 +55,7 @@ def start_gateway(config: str, dev_tls: str | None, insecure_listen: bool, on_re
     except ValueError as exc:
         raise ConfigError(f"gateway config: {exc}", "Fix gateway.toml; the README has a reference.") from None
     ca = None
+    tls_files: tuple[str, str] | None = None  # re-read on SIGHUP (certificate rotation)
     if insecure_listen:
         if settings.listen_host not in LOOPBACK_HOSTS:
             raise UsageError("--insecure-listen only binds 127.0.0.1", "Use TLS (tls_cert/tls_key or --dev-tls) for any other address.")
@@ -62,8 +63,10 @@ def start_gateway(config: str, dev_tls: str | None, insecure_listen: bool, on_re
     elif dev_tls:
         paths = make_dev_tls(Path(dev_tls))
         ssl_ctx, ca = server_context(paths["cert"], paths["key"]), paths["ca"]
+        tls_files = (str(paths["cert"]), str(paths["key"]))
     elif settings.tls_cert and settings.tls_key:
         ssl_ctx = server_context(settings.tls_cert, settings.tls_key)
+        tls_files = (settings.tls_cert, settings.tls_key)
     else:
         raise ConfigError(
             "the gateway has no TLS certificate",
@@ -87,4 +90,4 @@ def start_gateway(config: str, dev_tls: str | None, insecure_listen: bool, on_re
             "audit_warnings": warnings,
         })
 
-    run_gateway(gateway, ssl_ctx, ready)
+    run_gateway(gateway, ssl_ctx, ready, tls_files)
