@@ -20,7 +20,7 @@ def audit_list(
     identity: Optional[str] = typer.Option(None, "--identity", help="Subject (sub) to filter on."),
     connection: Optional[str] = typer.Option(None, "--connection"),
     since: Optional[str] = typer.Option(None, "--since", help="RFC 3339 time, e.g. 2026-01-01T00:00:00Z"),
-    kind: Optional[str] = typer.Option(None, "--kind", help="connect, statement, session_end, approval_request, approval_decision"),
+    kind: Optional[str] = typer.Option(None, "--kind", help="connect, api, statement, session_end, approval_request, approval_decision"),
     limit: Optional[int] = typer.Option(None, "--limit"),
     store: Optional[str] = StoreOpt,
     json_out: bool = JsonOpt,

@@ -112,3 +112,18 @@ def test_plain_tcp_without_tls_is_refused(gateway):
     assert b"HTTP" not in data, data
     assert data == b"" or data[:1] == b"\x15", data
     assert gateway.alive()
+
+
+def test_a_refused_api_call_is_recorded_as_an_api_refusal_with_the_callers_identity(gateway, tokens):
+    """Not as a refused CONNECT with no one behind it (issue 18)."""
+    import requests
+
+    answer = requests.post(gateway.url + "/api/approvals/nosuchid/approve", headers={"Authorization": f"Bearer {tokens('bob')}"},
+                           json={}, verify=gateway.ca_file, timeout=10)
+    assert answer.status_code in (403, 404)
+    recs = [r for r in gateway.records(kind="api", sub="bob") if (r["details"] or {}).get("path") == "/api/approvals/nosuchid/approve"]
+    assert recs and recs[-1]["outcome"] == "refused" and recs[-1]["details"]["method"] == "POST"
+    assert recs[-1]["issuer"] and recs[-1]["code"] == str(answer.status_code)
+    anonymous = requests.get(gateway.url + "/api/audit", verify=gateway.ca_file, timeout=10)
+    assert anonymous.status_code == 401 or anonymous.status_code == 407 or anonymous.status_code == 403
+    assert any((r["details"] or {}).get("path") == "/api/audit" and r["sub"] is None for r in gateway.records(kind="api"))

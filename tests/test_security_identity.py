@@ -214,7 +214,7 @@ def test_another_issuers_same_sub_or_claimed_group_cannot_approve_see_or_use(
     [decided] = wait_records(gw, lambda r: r["kind"] == "approval_decision" and r["outcome"] == "approved"
                              and r["details"]["request_id"] == request_id)
     assert (decided["sub"], decided["issuer"], decided["details"]["requester_issuer"]) == ("carol", issuer_a, issuer_a)
-    refusals = wait_records(gw, lambda r: r["kind"] == "connect" and r["code"] == "403" and request_id in (r["message"] or ""))
+    refusals = wait_records(gw, lambda r: r["kind"] == "api" and r["code"] == "403" and request_id in (r["message"] or ""))
     assert {(r["sub"], r["issuer"]) for r in refusals} == {("carol", issuer_b.url), ("ci-bot", issuer_b.url), ("alice", issuer_b.url)}
     [theirs] = wait_records(gw, lambda r: r["kind"] == "approval_request" and r["details"]["request_id"] == other)
     assert (theirs["sub"], theirs["issuer"]) == ("alice", issuer_b.url)

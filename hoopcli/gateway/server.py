@@ -328,6 +328,7 @@ class ClientSide(asyncio.Protocol):
 
     # ---- the request head -------------------------------------------------------------
     async def _handle(self, head: bytes) -> None:
+        request = None
         try:
             request = parse_head(head)
             if request.method == "CONNECT":
@@ -339,9 +340,11 @@ class ClientSide(asyncio.Protocol):
                 status, payload = await handle_api(self.gw, request, body)
                 self._respond(status, payload)
         except BadRequest as exc:  # `who`: the verified identity an API refusal was for (api.py)
-            who = getattr(exc, "who", None)
-            base = who and {"session_id": new_session_id(), "details": {"client": self.peer}, **who}
-            self.refuse(exc.status, exc.reason, base)
+            who = getattr(exc, "who", None) or {}
+            api_call = request is not None and request.method != "CONNECT"
+            details = {"client": self.peer, **({"method": request.method, "path": request.target[:200]} if api_call else {})}
+            base = {"session_id": new_session_id(), "details": details, **who} if who or api_call else None
+            self.refuse(exc.status, exc.reason, base, kind="api" if api_call else "connect")
         except Exception:  # never let one bad request take anything else down
             log.exception("request handling failed")
             self.refuse(500, "internal error")
@@ -408,10 +411,10 @@ class ClientSide(asyncio.Protocol):
             self.from_client(early)
         self.transport.resume_reading()
 
-    def refuse(self, status: int, reason: str, base: dict | None = None) -> None:
+    def refuse(self, status: int, reason: str, base: dict | None = None, kind: str = "connect") -> None:
         """Answer with a status and a JSON reason, record the attempt, close."""
         record = dict(base or {"session_id": new_session_id(), "details": {"client": self.peer}})
-        record.update(kind="connect", ts=time.time(), outcome="refused", code=str(status), message=reason)
+        record.update(kind=kind, ts=time.time(), outcome="refused", code=str(status), message=reason)
         self.gw.submit(record)
         self._respond(status, {"error": reason, "status": status})
 

@@ -37,7 +37,9 @@ FIELDS: tuple[str, ...] = (
 )
 FIELD_SET = frozenset(FIELDS)
 
-KINDS = frozenset({"connect", "session_end", "statement", "approval_request", "approval_decision"})
+# "api": a refused call to the gateway's API (details: method, path), with the caller's
+# identity when the token was verified.
+KINDS = frozenset({"connect", "api", "session_end", "statement", "approval_request", "approval_decision"})
 
 # Fields the store assigns; a submitted record may leave them out.
 STORE_FIELDS = frozenset({"seq", "prev_hash", "hash"})
