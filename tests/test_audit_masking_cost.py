@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # run as a script by the tests below
     sys.path.insert(0, ROOT)
 
-from hoopcli.gateway.audit.masking import (  # noqa: E402
+from hoopcli.gateway.audit.masking import (
     MASK_TOO_LARGE,
     MAX_PRECISE_CHARS,
     first_secret_keyword,

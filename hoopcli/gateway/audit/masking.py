@@ -133,10 +133,10 @@ def secret_spans(tokens: list[tuple], text: str) -> list[tuple[int, int]]:
     n = len(tokens)
     steps = STEPS_PER_TOKEN * n + 64
     for i, (kind, start, _, value) in enumerate(tokens):
-        stop = i
         if kind == LITERAL:
-            if i == 0 or tokens[i - 1][0] != LITERAL:
-                stop = _mask_conninfo_run(tokens, i, text, spans)
+            if i and tokens[i - 1][0] == LITERAL:
+                continue
+            stop = _mask_conninfo_run(tokens, i, text, spans)
         elif kind == WORD or kind == QUOTED:
             nxt = tokens[i + 1] if i + 1 < n else None
             if "PASSW" in value or value == "AUTHENTICATION_STRING":
@@ -155,6 +155,10 @@ def secret_spans(tokens: list[tuple], text: str) -> list[tuple[int, int]]:
                 stop = max(seen, _mask_connection_string(tokens, j, text, spans, in_call=False))
             elif value.startswith("DBLINK") and _is(nxt, "("):
                 stop = _mask_connection_string(tokens, i + 1, text, spans, in_call=True)
+            else:
+                continue
+        else:
+            continue
         steps -= stop - i
         if steps < 0:
             raise TooCostly
@@ -282,7 +286,8 @@ def _runs(tokens: list[tuple], found: list[int]) -> list[list[int]]:
 
 def _readable(text: str, start: int, end: int) -> bool:
     """A literal whose text is what it says: quoted as is, no escape, no hex or bits."""
-    return text.find("\\", start, end) < 0 and (text[start] in "'\"$" or text[start : start + 2] in ("E'", "e'", "N'", "n'"))
+    plain = text[start] in "'\"$" or text[start : start + 2] in ("E'", "e'", "N'", "n'")
+    return plain and text.find("\\", start, end) < 0
 
 
 def _mask_conninfo_run(tokens: list[tuple], i: int, text: str, spans: list) -> int:
@@ -292,7 +297,8 @@ def _mask_conninfo_run(tokens: list[tuple], i: int, text: str, spans: list) -> i
     while j + 1 < len(tokens) and tokens[j + 1][0] == LITERAL:
         j += 1
     start, end = tokens[i][1], tokens[j][2]
-    if _PASSWORD_SETTING.search(text, start, end) or _has_url_credentials(text, start, end):
+    url = text.find("://", start, end) >= 0 and _has_url_credentials(text, start, end)
+    if url or _PASSWORD_SETTING.search(text, start, end):
         spans.extend(range(i, j + 1))
     return j
 

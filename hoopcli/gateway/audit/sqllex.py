@@ -118,9 +118,10 @@ def tokenize(text: str, mode: Mode, limit: int = sys.maxsize) -> list[tuple] | N
     tokens: list[tuple] = []
     append = tokens.append
     pos, size, executable = 0, len(text), False
+    watch = 2 * size > limit  # a token's worth of work takes at least half a character
     while pos < size:
         for m in finditer(text, pos):  # tokens are contiguous: `\s*+` takes the space between
-            if len(tokens) > limit:
+            if watch and len(tokens) > limit:
                 return None
             kind = m.lastgroup
             start, end = m.span(kind)
