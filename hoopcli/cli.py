@@ -384,10 +384,11 @@ def dev(
 
 
 # Admin and auditor commands (audit, policy, gateway) live in cli_admin.py.
-from hoopcli.cli_admin import audit_app, gateway_app, policy_app  # noqa: E402
+from hoopcli.cli_admin import access_app, audit_app, gateway_app, policy_app  # noqa: E402
 
 app.add_typer(audit_app, name="audit")
 app.add_typer(policy_app, name="policy")
+app.add_typer(access_app, name="access")
 app.add_typer(gateway_app, name="gateway")
 
 

@@ -203,4 +203,46 @@ def gateway_init(
         raise typer.Exit(int(ExitCode.ERROR))
 
 
+access_app = typer.Typer(help="Who can open each connection, what its policy holds, who approves (from gateway.toml).", no_args_is_help=True)
+
+
+@access_app.command("matrix")
+def access_matrix(
+    config: str = typer.Option("gateway.toml", "--config", "-c", help="The gateway.toml to read."),
+    against: Optional[str] = typer.Option(None, "--against", help="An older gateway.toml: show only what the change grants (+) or takes away (-)."),
+    markdown_out: bool = typer.Option(False, "--markdown", help="A Markdown table (for a pull request)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """The access matrix: per connection, the groups (and which issuer grants each) and subjects
+    that open it, its policy per category and group, approvers, record, pinned database, broker."""
+    from hoopcli.gateway import access_matrix as am
+    from hoopcli.output import emit_json
+
+    report = _matrix_of(config)
+    rows = am.matrix_rows(report)
+    if against is not None:
+        diff = am.diff_rows(am.matrix_rows(_matrix_of(against)), rows)
+        if json_out:
+            emit_json({k: [r.to_dict() for r in v] for k, v in diff.items()})
+        else:
+            marks = [("+", r) for r in diff["added"]] + [("-", r) for r in diff["removed"]]
+            sys.stdout.write("".join(f"{m} {r}\n" for m, r in sorted(marks, key=lambda x: (x[1], x[0]))) or "no change in access\n")
+        return
+    if json_out:
+        emit_json({**report, "rows": [r.to_dict() for r in rows]})
+    else:
+        sys.stdout.write(am.markdown(rows) if markdown_out else "".join(f"{r}\n" for r in rows))
+
+
+def _matrix_of(config: str) -> dict:
+    from hoopcli.errors import ConfigError
+    from hoopcli.gateway.access_matrix import matrix
+    from hoopcli.gateway.settings import load_settings
+
+    try:
+        return matrix(load_settings(config))
+    except ValueError as exc:
+        raise ConfigError(str(exc), hint=f"run `hoop gateway check --config {config}`") from None
+
+
 # ---- the error boundary -------------------------------------------------------------------
