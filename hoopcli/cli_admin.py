@@ -168,6 +168,33 @@ def gateway(
     start_gateway(config, dev_tls, insecure_listen, ready, strict=strict)
 
 
+@gateway_app.command("check")
+def gateway_check(
+    config: str = GatewayConfigOpt,
+    strict: bool = typer.Option(False, "--strict", help="Fail (exit 1) on warnings too, not only on errors."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Lint gateway.toml before deploying: each finding an error or warning with its line and a hint; exit 1 on errors."""
+    from hoopcli.errors import ConfigError
+    from hoopcli.gateway.config_check import check_config
+    from hoopcli.output import emit_json, info
+
+    try:
+        findings = check_config(config)
+    except ValueError as exc:
+        raise ConfigError(str(exc), hint="pass the gateway's config with --config FILE") from None
+    errors = sum(f.level == "error" for f in findings)
+    warnings = len(findings) - errors
+    if json_out:
+        emit_json({"file": config, "errors": errors, "warnings": warnings, "findings": [f.to_dict() for f in findings]})
+    else:
+        for f in findings:
+            sys.stdout.write(f"{config}:{f.line or '?'}: {f.level}: {f.message}\n" + (f"    hint: {f.hint}\n" if f.hint else ""))
+        info(f"{config}: {errors} error(s), {warnings} warning(s)")
+    if errors or (strict and warnings):
+        raise typer.Exit(int(ExitCode.ERROR))
+
+
 GatewayStoreOpt = typer.Option(None, "--store", help="The gateway's store URL, postgresql://GATEWAY_ROLE@host/db (default: --config's audit_store).")
 GatewayRoleOpt = typer.Option(None, "--role", help="The gateway's role (default: the user of the store URL).")
 

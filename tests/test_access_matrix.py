@@ -176,3 +176,11 @@ def test_a_broken_config_is_a_config_error_not_a_traceback(tmp_path):
     assert done.returncode == 8
     assert "connections.app-db: protocol must be one of" in done.stderr and "Traceback" not in done.stderr
     assert done.stdout == ""
+
+
+def test_inline_secrets_in_credential_hints_are_not_repeated(tmp_path):
+    config = write(tmp_path, "gateway.toml", SAMPLE.read_text().replace(
+        'role = "app-readonly" }', 'role = "app-readonly", password = "hunter2", token_url = "https://u:s3cret@x.example.com" }'))
+    done = hoop("access", "matrix", "--config", str(config), "--json")
+    assert done.returncode == 0 and "hunter2" not in done.stdout and "s3cret" not in done.stdout
+    assert json.loads(done.stdout)["connections"][0]["credentials"]["password"] == "(inline secret)"

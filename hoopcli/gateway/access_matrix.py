@@ -13,10 +13,10 @@ to any of them, as on live traffic.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Iterable
 
+from hoopcli.gateway.config_check import SECRET_KEY, url_has_password
 from hoopcli.gateway.identity import Principal, TrustedIssuer, parse_principal
 from hoopcli.gateway.policy import CATEGORIES, Policy
 from hoopcli.gateway.registry import Connection
@@ -27,7 +27,6 @@ __all__ = ["MatrixRow", "diff_rows", "granting_issuers", "matrix", "matrix_rows"
 NOBODY = "(no one)"
 # Category ordering for people: the riskiest actions first, then by name.
 _ACTION_ORDER = ("deny", "require_approval", "allow")
-_SECRETISH = re.compile(r"(?i)pass(word)?|secret|token|private|api_?key|access_key")
 
 
 @dataclass(frozen=True, order=True)
@@ -88,7 +87,8 @@ def _policy_view(policy: Policy | None, conn: Connection) -> dict:
 def _broker(conn: Connection) -> dict:
     """The credential hints without anything that looks secret (gateway check flags those)."""
     creds = conn.credentials or {"broker": "none"}
-    return {k: ("(inline secret)" if _SECRETISH.search(k) else v) for k, v in sorted(creds.items())}
+    return {k: ("(inline secret)" if SECRET_KEY.search(k) or (isinstance(v, str) and url_has_password(v)) else v)
+            for k, v in sorted(creds.items())}
 
 
 def _connection_view(conn: Connection, settings: GatewaySettings) -> dict:
