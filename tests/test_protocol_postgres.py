@@ -9,6 +9,7 @@ held back untouched until its last byte arrives.
 from __future__ import annotations
 
 import random
+import hashlib
 import struct
 
 import pytest
@@ -914,7 +915,9 @@ def test_function_call_is_gated_and_recorded():
     call = msg(b"F", struct.pack("!Ihh", 1598, 0, 1) + struct.pack("!i", 4) + b"\0\0\0\x01" + struct.pack("!h", 0))
     reply = msg(b"V", struct.pack("!i", 1) + b"x") + Z()
     res = run(session(("c", call), ("s", reply)))
-    assert res.events[1:] == [StatementStarted("<function call oid 1598>", "function_call"), StatementFinished("FUNCTION CALL")]
+    body = call[5:]
+    expected = f"<function call oid 1598 (\0\0\0\x01); call sha256 {hashlib.sha256(body).hexdigest()}>"
+    assert res.events[1:] == [StatementStarted(expected, "function_call"), StatementFinished("FUNCTION CALL")]
     denied = run(session(("c", call)), gate=lambda text: Verdict("deny", "no fastpath"), trailing=False)
     assert denied.per_step[2][0] == b""
     assert [k for k, _ in parse_messages(denied.per_step[2][1])] == [b"E", b"Z"]
@@ -1622,3 +1625,32 @@ def test_model_no_approval_runs_twice_whatever_the_client_sends(rounds, seed):
         for e in refused
     )
     assert not engine._fifo and not engine._tracked
+
+
+def test_a_function_calls_text_binds_its_arguments():
+    """An approval is for one text: setval(seq, 5) and setval(seq, 999999) must differ (red team)."""
+    from hoopcli.gateway.protocols.pgwire.wire import function_call_text
+
+    def call(*args: bytes, binary: bool = False) -> bytes:
+        body = struct.pack("!IH", 1576, 1) + struct.pack("!H", 1 if binary else 0) + struct.pack("!H", len(args))
+        for a in args:
+            body += struct.pack("!i", len(a)) + a
+        return body + struct.pack("!h", 0)
+
+    five, big = function_call_text(call(b"rtseq", b"5")), function_call_text(call(b"rtseq", b"999999"))
+    assert five != big and "rtseq, 5" in five and "rtseq, 999999" in big
+    assert "0x01ff" in function_call_text(call(b"\x01\xff", binary=True))
+    assert "unreadable" in function_call_text(struct.pack("!I", 1576) + b"\xff")
+
+
+def test_a_rejected_reparse_of_a_name_does_not_change_what_its_binds_are_recorded_as():
+    """Red team: Parse s 'DELETE …'; Parse s 'SELECT 42' (the server answers 42P05); Bind s: the
+    server runs the DELETE, so the record must say DELETE, not SELECT 42."""
+    steps = [
+        ("c", P("DELETE FROM rt1 WHERE id = 1", "s") + SYNC), ("s", msg(b"1") + Z()),
+        ("c", P("SELECT 42", "s") + SYNC), ("s", ERR("42P05", 'prepared statement "s" already exists') + Z()),
+        ("c", B(name="s") + E() + SYNC),
+    ]
+    res = run(session(*steps))
+    started = [e for e in res.events if isinstance(e, StatementStarted) and e.kind == "execute"]
+    assert [e.text for e in started] == ["DELETE FROM rt1 WHERE id = 1"]

@@ -20,6 +20,7 @@ from .fence import FenceMixin, may_copy
 from .grants import _Grant
 from .startup import read_startup, setting_statement
 from .wire import (
+    function_call_text,
     _BIND,
     _BLOCKED_SQL,
     _CANCEL_REQUEST,
@@ -395,14 +396,6 @@ class ClientMixin(FenceMixin):
                 self._c_pend = bytearray(memoryview(data)[i:])
                 self._c_need = need
                 return n, fwd, i
-        elif t == 0x46 and n - i >= 9:
-            fwd2 = self._function_call(data, i, end, fwd, parts, to_client, events)
-            self._c_skip = end - n
-            if fwd2 != fwd:  # blocked: the rest of it is dropped too
-                self._c_skip_drop = True
-                return n, n, n
-            self._c_skip_drop = False
-            return n, fwd, n
         if ln + 1 > MAX_MESSAGE_BYTES:
             raise _Broken(
                 f"a {chr(t)!r} message of {ln + 1} bytes is larger than the {MAX_MESSAGE_BYTES} bytes the gateway buffers"
@@ -448,7 +441,12 @@ class ClientMixin(FenceMixin):
         else:
             verdict = self._judge(text) if self._gate is not None else None
         if verdict is None or verdict.action == "allow":
-            _remember(self._stmts, name, text)
+            if not name or name not in self._stmts:
+                # A named statement cannot be redefined: the server refuses the Parse (42P05) and
+                # the name keeps its text, which later Binds must be recorded as (red team: a
+                # rejected re-Parse made a DELETE's run recorded as "SELECT 42"). Only an SQL
+                # DEALLOCATE, which the engine does not read, frees the name (a known limit).
+                _remember(self._stmts, name, text)
             if self._granted or (verdict is not None and verdict.request_id is not None):
                 grant = None
                 if verdict is not None and verdict.request_id is not None:
@@ -494,10 +492,10 @@ class ClientMixin(FenceMixin):
         return self._gated(text, "query", data, i, end, fwd, parts, to_client, events)
 
     def _function_call(self, data, i, end, fwd, parts, to_client, events):
+        # Judged whole (buffered like a Query): its text carries its arguments and their hash.
         if end - i < 9:
             raise _Broken("malformed FunctionCall")
-        oid = _U32(data, i + 5)[0]
-        text = f"<function call oid {oid}>"
+        text = function_call_text(data[i + 5 : end])
         return self._gated(text, "function_call", data, i, end, fwd, parts, to_client, events)
 
     def _gated(self, text, kind, data, i, end, fwd, parts, to_client, events, verdict=None):

@@ -7,7 +7,7 @@ from collections import deque
 
 from ..base import MAX_MESSAGE_BYTES, Event, Output, StatementBlocked, Verdict
 from .encodings import reads_the_same_in_every_encoding
-from .wire import _CLIENT_TYPES, _INJ_Q, _MAX_LEN, _QUERY, _STARTUP, _SYNC, _U32, _Broken, _text
+from .wire import _CLIENT_TYPES, _INJ_Q, _MAX_LEN, _QUERY, _STARTUP, _SYNC, _U32, _Broken, _text, function_call_text
 
 # While the fence is up and the server reads COPY data, these still pass (it expects them).
 _COPY_PASS = frozenset(b"dcfHS")
@@ -192,6 +192,6 @@ class FenceMixin:
             elif t == 0x50:  # P
                 events.append(StatementBlocked(_text(body.split(b"\0", 2)[1] if body.count(b"\0") >= 2 else b""), verdict))
             elif t == 0x46 and len(body) >= 4:  # F
-                events.append(StatementBlocked(f"<function call oid {int.from_bytes(body[:4], 'big')}>", verdict))
+                events.append(StatementBlocked(function_call_text(body), verdict))
             i = end
         return events

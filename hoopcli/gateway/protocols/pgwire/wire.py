@@ -176,3 +176,35 @@ def _error_fields(data: bytes, j: int, end: int) -> tuple[str, str]:
             message = _text(data[j + 1 : z])
         j = z + 1
     return code, message
+
+
+def function_call_text(body: bytes) -> str:
+    """What a FunctionCall ('F') is judged, approved and recorded as: its function oid, its
+    arguments as far as they can be shown, and the SHA-256 of the whole call, so an approval of
+    `setval(seq, 5)` is not an approval of `setval(seq, 999999)` (a grant matches the exact text)."""
+    import hashlib
+
+    oid = int.from_bytes(body[:4], "big") if len(body) >= 4 else 0
+    digest = hashlib.sha256(body).hexdigest()
+    shown = []
+    try:
+        j = 4
+        (nformats,) = struct.unpack_from("!H", body, j)
+        formats = struct.unpack_from(f"!{nformats}H", body, j + 2)
+        j += 2 + 2 * nformats
+        (nargs,) = struct.unpack_from("!H", body, j)
+        j += 2
+        for k in range(nargs):
+            (length,) = struct.unpack_from("!i", body, j)
+            j += 4
+            if length < 0:
+                shown.append("NULL")
+                continue
+            raw = body[j : j + length]
+            j += length
+            binary = (formats[k] if nformats > 1 else formats[0] if nformats else 0) == 1
+            value = raw.hex() if binary else raw.decode("utf-8", "replace")
+            shown.append(("0x" if binary else "") + (value[:60] + "…" if len(value) > 60 else value))
+    except (struct.error, IndexError):
+        shown = ["(arguments unreadable)"]
+    return f"<function call oid {oid} ({', '.join(shown)}); call sha256 {digest}>"
