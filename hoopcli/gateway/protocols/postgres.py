@@ -25,8 +25,9 @@ Rules (each one is tested in tests/test_protocol_postgres.py):
   (its own statement could not run), every other one with SQLSTATE 25P02
   (in_failed_sql_transaction: "commands ignored until end of transaction block" — the
   segment up to Sync is one implicit transaction block).
-* FunctionCall ('F') is gated and recorded like a query, with the text
-  "<function call oid N>" (the protocol carries no name).
+* FunctionCall ('F') is buffered whole, gated and recorded like a query, with the text
+  "<function call oid N (arg, …); call sha256 H>" (the protocol carries no name): an approval
+  is for that exact call, arguments included.
 * Gating: a Q (or F) is judged when it is complete, a Parse when it is complete. A held or
   denied statement is never forwarded; the client gets an ErrorResponse — SQLSTATE 42501
   (insufficient_privilege) for deny, 57W01 for hold — and the session stays usable.
