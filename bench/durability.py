@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/durability.py                 # 3 interleaved rounds × 15 s, -c 8 and -c 1
     .venv/bin/python bench/durability.py --quick         # 1 round × 5 s
+    .venv/bin/python bench/durability.py --loop-cost     # the journal's CPU per statement on the loop
 
 Four gateways run side by side on the same throw-away PostgreSQL (bench/run.py's stack):
 `durability = "async"` (records queued in memory: the old behaviour), "process" (the
@@ -81,7 +82,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--seconds", type=float)
     parser.add_argument("--clients", default="8,1")
+    parser.add_argument("--loop-cost", action="store_true", help="only the journal's CPU per statement on the loop")
     args = parser.parse_args()
+    if args.loop_cost:
+        print(f"{loop_cost():.2f} µs CPU per statement (start, commit with its write(), outcome)")
+        return 0
     rounds = args.rounds or (1 if args.quick else 3)
     seconds = args.seconds or (5 if args.quick else 15)
     clients = [int(c) for c in args.clients.split(",") if c]
@@ -116,6 +121,35 @@ def main() -> int:
     finally:
         stack.close()
     return 0
+
+
+def loop_cost(statements: int = 20_000) -> float:
+    """The default level's work on the event loop for one statement, in thread CPU µs (best of
+    5): what the relay calls (started, commit with a real write() to a journal on the work
+    folder's disk, completed), without the rest of the gateway around it."""
+    import tempfile
+    import time
+    import timeit
+
+    sys.path.insert(0, str(REPO))
+    from hoopcli.gateway.audit.journal import Journal
+
+    session = {"kind": "statement", "session_id": "s1", "sub": "alice", "email": None, "issuer": "https://idp",
+               "connection": "bench", "db_user": "postgres", "database": "bench"}
+    text = "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;"
+    outcome = (session, 1.0, text, 0.1, "ok", "SELECT 1", None, None, {"kind": "query"})
+    with tempfile.TemporaryDirectory() as work:
+        journal = Journal(Path(work) / "journal")
+        tickets = iter(range(1, 10**9))
+
+        def one() -> None:
+            start = journal.started(session, 1.0, text, "query", None)
+            journal.commit()
+            journal.completed(next(tickets), outcome, start)
+
+        best = min(timeit.Timer(one, timer=time.thread_time).repeat(number=statements, repeat=5))
+        journal.close(everything_stored=True)
+    return best / statements * 1e6
 
 
 def render(paths, clients, results, cpu) -> str:
