@@ -288,7 +288,7 @@ def approvals_list(
     if json_out:
         emit_json({**page, "approvals": [_iso_times(r) for r in page["approvals"]]})
         return
-    columns = ["id", "status", "sub", "connection", "statement", "size", "created_at"]
+    columns = ["id", "status", "sub", "connection", "statement", "size", "created_at", "justification"]
     table([_approval_row(r) for r in page["approvals"]], columns, title="Approvals")
     if page["next"]:
         again = (f" --status {status}" if status else "") + (f" --limit {limit}" if limit != 50 else "")
@@ -355,6 +355,24 @@ def approvals_approve(
 ) -> None:
     """Approve a held statement: its requester may run it once within the window."""
     _decide(request_id, "approve", reason, json_out, sha256)
+
+
+@approvals_app.command("justify")
+def approvals_justify(request_id: str, reason: str = typer.Argument(..., help="Why it should run: a ticket, a sentence."), json_out: bool = JsonOpt) -> None:
+    """Attach your reason to your own held statement (once); approvers read it, and where the gateway requires one, nobody approves before it."""
+    from hoopcli.errors import Denied, NotFound
+    from hoopcli.output import emit_json, info
+
+    try:
+        result = _api().justify(request_id, reason)
+    except NotFound as exc:
+        raise NotFound(exc.message, "See your requests with `hoop approvals list --status pending`.") from None
+    except Denied as exc:
+        raise Denied(exc.message, "Only the one whose statement was held can give its reason.") from None
+    if json_out:
+        emit_json(result)
+    else:
+        info(f"{request_id}: reason attached; approvers see it")
 
 
 @approvals_app.command("deny")

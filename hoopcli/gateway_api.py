@@ -59,6 +59,9 @@ class GatewayAPI:
         body = {"reason": reason} if sha256 is None else {"reason": reason, "sha256": sha256}
         return self._call("POST", f"/api/approvals/{request_id}/{decision}", json=body)
 
+    def justify(self, request_id: str, reason: str) -> dict:
+        return self._call("POST", f"/api/approvals/{request_id}/justify", json={"reason": reason})
+
     def audit(self, **filters) -> list[dict]:
         params = {k: v for k, v in filters.items() if v is not None}
         answer = self._call("GET", "/api/audit", params=params)

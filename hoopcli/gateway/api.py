@@ -14,6 +14,10 @@ GET  /api/approvals?status=&limit=&cursor= your own requests, and those of the c
 POST /api/approvals/{id}/approve|deny      the connection's approvers only, never the requester
                                            (same issuer and sub); the body may carry "sha256":
                                            approve only that exact statement
+POST /api/approvals/{id}/justify           the requester only, once, while pending: body
+                                           {"reason": "..."}; approvers read it, and on a
+                                           connection that requires a reason nobody approves
+                                           before it
 
 Every call but /healthz needs `Authorization: Bearer <token>`, verified like a CONNECT. A
 refusal after the token was verified is recorded with who asked (sub, email, issuer).
@@ -71,6 +75,8 @@ async def _answer(gw, identity: Identity, request: Request, path: str, query: di
             return 200, {"records": records, "truncated": len(records) >= MAX_AUDIT_RECORDS}
     if path == "/api/approvals" and request.method == "GET":
         return 200, _approvals_page(gw, identity, query)
+    if path.startswith("/api/approvals/") and path.endswith("/justify") and request.method == "POST":
+        return _justify(gw, identity, path, body)
     if path.startswith("/api/approvals/") and request.method == "POST":
         return _decide(gw, identity, path, body)
     raise BadRequest(404, f"no such endpoint {request.method} {path}")
@@ -131,6 +137,27 @@ def _approvals_page(gw, identity: Identity, query: dict) -> dict:
     except ValueError as exc:
         raise BadRequest(400, str(exc)) from None
     return {"approvals": [public_request(r) for r in rows], "next": cursor}
+
+
+def _justify(gw, identity: Identity, path: str, body: bytes):
+    parts = path.split("/")
+    if len(parts) != 5:
+        raise BadRequest(404, "use POST /api/approvals/{id}/justify")
+    try:
+        reason = json.loads(body or b"{}").get("reason")
+    except (ValueError, AttributeError):
+        reason = None
+    if not isinstance(reason, str):
+        raise BadRequest(400, "body must be JSON: {\"reason\": \"why this statement should run\"}")
+    try:
+        request = gw.approvals.justify(parts[3], identity.principal, reason)
+    except KeyError:
+        raise BadRequest(404, f"no approval request {parts[3]}") from None
+    except PermissionError as exc:
+        raise BadRequest(403, str(exc)) from None
+    except ValueError as exc:  # ApprovalStateError too: not pending, already justified
+        raise BadRequest(409 if type(exc) is not ValueError else 400, str(exc)) from None
+    return 200, public_request(request)
 
 
 def _decide(gw, identity: Identity, path: str, body: bytes):

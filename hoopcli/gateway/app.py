@@ -48,6 +48,8 @@ class Gateway:
                 c.name: c.approver_groups for c in self.registry.connections.values() if c.approver_groups is not None
             },
             grant_window=settings.approval_window_seconds,
+            pending_ttl=settings.approval_pending_ttl_seconds,
+            require_reason=settings.approval_require_reason,
             max_pending_per_sub=settings.approval_max_pending,
             max_pending_bytes=settings.approval_max_pending_bytes,
             on_request=self._approval_requested,
@@ -160,9 +162,9 @@ class Gateway:
             self.approval_hook.export([{"event": "approval_request", **public_request(request)}])
 
     def _approval_decided(self, request) -> None:
-        """Approve, deny and the one use of a grant: each one record, with who (sub and issuer:
-        the one who decided, or for `used` the requester) and why."""
-        used = request.status == "used"
+        """Approve, deny, the one use of a grant and an expiry: each one record, with who (sub and
+        issuer: the one who decided, or for `used` and `expired` the requester) and why."""
+        used = request.status in ("used", "expired")
         self.submit(
             {
                 "kind": "approval_decision",
@@ -180,6 +182,7 @@ class Gateway:
                     "requester_issuer": request.issuer,
                     "approver": request.decided_by,
                     "approver_issuer": request.decided_by_issuer,
+                    "justification": request.justification or None,
                 },
             }
         )
@@ -252,17 +255,31 @@ async def serve(gateway: Gateway, ssl_ctx: ssl.SSLContext | None, ready=None, tl
             loop.add_signal_handler(signal.SIGHUP, _reload_tls, ssl_ctx, tls_files)
         except (NotImplementedError, RuntimeError):
             pass
+    sweeper = loop.create_task(_sweep_approvals(gateway.approvals, gateway.settings.approval_pending_ttl_seconds))
     if ready:
         ready(port)
     try:
         await stop.wait()
     finally:
+        sweeper.cancel()
         server.close()
         for client in list(gateway.clients):
             client._end_session()  # recorded now: a TLS peer may take seconds to acknowledge the close
             client.close()
         await asyncio.sleep(0.05)
         await loop.run_in_executor(None, gateway.close)
+
+
+async def _sweep_approvals(book, pending_ttl: float) -> None:
+    """Expire undecided requests on time, so each expiry is recorded when it happens rather
+    than when someone next lists the approvals."""
+    interval = max(0.5, min(5.0, pending_ttl / 4))
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            book.sweep()
+        except Exception:  # a failed pass must not end the sweeping
+            log.exception("approval sweep failed")
 
 
 def _reload_tls(ssl_ctx: ssl.SSLContext, tls_files: tuple[str, str]) -> None:

@@ -14,10 +14,19 @@ up to 64 MiB, and a held one never ran. The grant is matched by (issuer, sub, co
 database, SHA-256), so only the exact text that was approved runs, however long its common
 prefix with another.
 Per requester, the pending requests are capped in number and in bytes of statement.
+
+Lifecycle: a request waits `pending_ttl` seconds for a decision, then expires; an approval's
+window (`grant_window`) counts from the approval, not the request. An expiry is reported like
+a decision (on_decision, status "expired": the audit trail's approval_decision record) when the
+book notices it — on any call, or the gateway's periodic `sweep()` — and the request stays
+listed as expired until `retention` passes. On connections that require a reason, the
+requester attaches one with `justify` (once, while pending) and nobody may approve before it;
+approvers read it on the request (denying needs none).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -54,6 +63,7 @@ DEFAULT_MAX_PENDING_BYTES = 64 * 1024 * 1024  # per requester: the sum of their 
 DEFAULT_MAX_FINISHED = 5_000  # decided, used and expired requests kept for `list` (oldest go first)
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
+MAX_JUSTIFICATION_CHARS = 2000  # a reason is a sentence or a ticket link, not a document
 PREFIX_BYTES = 4096  # what a request (and a blocked statement's record) keeps of a long statement
 _HASH_CHUNK = 1 << 20  # characters encoded at a time: hashing 16 MiB never copies it whole
 
@@ -126,6 +136,9 @@ class ApprovalRequest:
     issuer: str = ""  # the requester's; "" in requests saved before issuers were kept: nobody's
     database: str = ""  # the session's database when it was held: the grant runs only there
     decided_by_issuer: str | None = None
+    reason_required: bool = False  # the requester must `justify` it before anyone may approve
+    justification: str = ""  # the requester's reason, which approvers read
+    justified_at: float | None = None
 
     @property
     def requester(self) -> Principal:
@@ -188,6 +201,20 @@ def _new_id() -> str:
     return secrets.token_hex(4)  # 8 hex digits: short to type, unambiguous to read
 
 
+def _reports_expiry(method):
+    """Run `method`, then report every expiry it noticed (also when it raised): hooks run
+    outside the lock, and no expiry is left unreported until some later call."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._report_expired()
+
+    return wrapper
+
+
 class ApprovalBook:
     """Approval requests in memory (thread-safe), with one-use grants.
 
@@ -200,7 +227,9 @@ class ApprovalBook:
     retention / max_finished: finished requests are forgotten after `retention` seconds, and
     the oldest first once there are more than `max_finished`.
     on_request(request): called for each new request (not for a reused one), e.g. a webhook.
-    on_decision(request): called after approve, deny and consume, e.g. an audit record.
+    require_reason: True for every connection, or the names of those whose requests need the
+    requester's justification before approval.
+    on_decision(request): called after approve, deny, consume and expiry, e.g. an audit record.
     Callbacks run outside the lock; their exceptions are logged and swallowed.
     """
 
@@ -215,6 +244,7 @@ class ApprovalBook:
         max_pending_per_sub: int = DEFAULT_MAX_PENDING_PER_SUB,
         max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
         max_finished: int = DEFAULT_MAX_FINISHED,
+        require_reason: bool | Iterable[str] = False,
         clock: Callable[[], float] = time.time,
         on_request: Callable[[ApprovalRequest], None] | None = None,
         on_decision: Callable[[ApprovalRequest], None] | None = None,
@@ -239,6 +269,9 @@ class ApprovalBook:
         self.max_pending_per_sub = max_pending_per_sub
         self.max_pending_bytes = max_pending_bytes
         self.max_finished = max_finished
+        if isinstance(require_reason, str):
+            raise TypeError("require_reason is True, False or a collection of connection names")
+        self.require_reason = require_reason if isinstance(require_reason, bool) else frozenset(require_reason)
         self._clock = clock
         self.on_request = on_request
         self.on_decision = on_decision
@@ -247,6 +280,7 @@ class ApprovalBook:
         self._requests: dict[str, ApprovalRequest] = {}
         self._pending_by_key: dict[tuple[str, ...], str] = {}
         self._approved_by_key: dict[tuple[str, ...], list[str]] = {}
+        self._newly_expired: list[ApprovalRequest] = []  # reported by _report_expired, outside the lock
 
     # ---- bookkeeping (lock held) -----------------------------------------------------------
 
@@ -273,11 +307,27 @@ class ApprovalBook:
 
     def _expire(self, request: ApprovalRequest, now: float) -> ApprovalRequest:
         """The request as it stands at `now`: pending past its TTL or approved past its window expire."""
-        if request.status == "pending" and now >= request.expires_at:
-            return self._put(replace(request, status="expired"))
-        if request.status == "approved" and request.grant_expires_at is not None and now >= request.grant_expires_at:
-            return self._put(replace(request, status="expired"))
-        return request
+        pending_over = request.status == "pending" and now >= request.expires_at
+        grant_over = request.status == "approved" and request.grant_expires_at is not None and now >= request.grant_expires_at
+        if not (pending_over or grant_over):
+            return request
+        expired = self._put(replace(request, status="expired"))
+        self._newly_expired.append(expired)
+        return expired
+
+    def _report_expired(self) -> None:
+        """Each expiry once to on_decision (outside the lock, like every hook)."""
+        with self._lock:
+            expired, self._newly_expired = self._newly_expired, []
+        for request in expired:
+            self._call(self.on_decision, request)
+
+    @_reports_expiry
+    def sweep(self) -> None:
+        """Expire what is due now and report it: the gateway calls this periodically, so an
+        expiry reaches the audit trail even when nobody looks at the book."""
+        with self._lock:
+            self._sweep(self._clock())
 
     def _sweep(self, now: float) -> None:
         finished = []
@@ -320,6 +370,7 @@ class ApprovalBook:
 
     # ---- the gate's side -------------------------------------------------------------------
 
+    @_reports_expiry
     def request(
         self,
         requester: Principal,
@@ -342,10 +393,9 @@ class ApprovalBook:
             now = self._clock()
             key = (requester.issuer, requester.sub, connection, database, digest.sha256)
             existing_id = self._pending_by_key.get(key)
-            if existing_id is not None:
-                existing = self._expire(self._requests[existing_id], now)
-                if existing.status == "pending":
-                    return existing
+            existing = self._expire(self._requests[existing_id], now) if existing_id is not None else None
+            if existing is not None and existing.status == "pending":
+                return existing
             self._sweep(now)
             self._check_room(requester, digest)
             request_id = self._new_id().lower()
@@ -361,12 +411,17 @@ class ApprovalBook:
                     categories=tuple(categories),
                     created_at=now,
                     expires_at=now + self.pending_ttl,
+                    reason_required=self.reason_required(connection),
                     **_digest_fields(digest),
                 ),
             )
         self._call(self.on_request, created)
         return created
 
+    def reason_required(self, connection: str) -> bool:
+        return self.require_reason if isinstance(self.require_reason, bool) else connection in self.require_reason
+
+    @_reports_expiry
     def consume(
         self, requester: Principal, connection: str, statement: str, *, database: str = ""
     ) -> ApprovalRequest | None:
@@ -392,6 +447,7 @@ class ApprovalBook:
 
     # ---- the approver's side ---------------------------------------------------------------
 
+    @_reports_expiry
     def approve(
         self,
         request_id: str,
@@ -411,11 +467,36 @@ class ApprovalBook:
         KeyError for an unknown id."""
         return self._decide(request_id, approver, approver_groups, reason, "approved", sha256)
 
+    @_reports_expiry
     def deny(
         self, request_id: str, approver: Principal, approver_groups: Iterable[str], reason: str = ""
     ) -> ApprovalRequest:
         """Refuse the request; the same rules about who may decide apply as for `approve`."""
         return self._decide(request_id, approver, approver_groups, reason, "denied")
+
+    @_reports_expiry
+    def justify(self, request_id: str, requester: Principal, text: str) -> ApprovalRequest:
+        """The requester's reason for a pending request, once: approvers decide on what they read,
+        so it cannot change under them. PermissionError for anyone but the requester;
+        ApprovalStateError when it is not pending or already justified; ValueError for an
+        empty or overlong text; KeyError for an unknown id."""
+        requester = _principal(requester, "requester")
+        text = " ".join(str(text).split())
+        if not text:
+            raise ValueError("the reason is empty: say why this statement should run (a ticket, a sentence)")
+        if len(text) > MAX_JUSTIFICATION_CHARS:
+            raise ValueError(f"the reason has {len(text)} characters; at most {MAX_JUSTIFICATION_CHARS}")
+        with self._lock:
+            request = self._get(request_id)
+            if request.requester != requester:
+                raise PermissionError(f"{requester.sub} cannot justify request {request.id}: only its requester can")
+            request = self._expire(request, self._clock())
+            if request.status != "pending":
+                raise ApprovalStateError(f"request {request.id} is {request.status}, not pending")
+            if request.justification:
+                raise ApprovalStateError(f"request {request.id} already has its reason; it cannot change once approvers may have read it")
+            justified = self._put(replace(request, justification=text, justified_at=self._clock()))
+        return justified
 
     def approvers_for(self, connection: str) -> frozenset[str]:
         """The groups whose members decide `connection`'s requests."""
@@ -458,6 +539,11 @@ class ApprovalBook:
             request = self._expire(request, now)
             if request.status != "pending":
                 raise ApprovalStateError(f"request {request.id} is {request.status}, not pending")
+            if status == "approved" and request.reason_required and not request.justification:
+                raise ApprovalStateError(
+                    f"request {request.id} waits for its requester's reason: {request.sub} runs "
+                    f"`hoop approvals justify {request.id} \"why\"` first (it may still be denied)"
+                )
             if status == "approved" and request.truncated and sha256 is None:
                 raise ApprovalStateError(
                     f"request {request.id} is for a statement of {request.statement_bytes} bytes, of which "
@@ -492,12 +578,14 @@ class ApprovalBook:
             raise KeyError(f"no approval request {request_id!r}")
         return request
 
+    @_reports_expiry
     def get(self, request_id: str) -> ApprovalRequest:
         """The request as it stands now; KeyError for an unknown id."""
         with self._lock:
             request = self._expire(self._get(request_id), self._clock())
         return request
 
+    @_reports_expiry
     def list(self, status: str | None = None) -> list[ApprovalRequest]:
         """Requests (all, or those with `status`), oldest first."""
         if status is not None and status not in STATUSES:

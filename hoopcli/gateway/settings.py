@@ -38,7 +38,11 @@ class GatewaySettings:
     record_params: bool = False
     approver_groups: tuple[str, ...] = ("approvers",)
     auditor_groups: tuple[str, ...] = ("auditors",)
-    approval_window_seconds: int = 900
+    approval_window_seconds: int = 900  # counts from the approval
+    approval_pending_ttl_seconds: int = 3600  # an undecided request expires after this
+    # True: every held statement needs its requester's reason before approval; or the
+    # connections whose do ([gateway.approvals] require_reason = true | ["conn", ...]).
+    approval_require_reason: bool | tuple[str, ...] = False
     approval_webhook: str = ""
     approval_max_pending: int = 100  # per requester: requests waiting for a decision
     approval_max_pending_bytes: int = 64 * 1024 * 1024  # per requester: bytes of statement they hold
@@ -86,6 +90,8 @@ def settings_from_dict(raw: dict, base_dir: Path | None = None) -> GatewaySettin
         approver_groups=_strings(approval.get("approver_groups", ["approvers"]), "gateway.approvals.approver_groups"),
         auditor_groups=_strings(gw.get("auditor_groups", ["auditors"]), "gateway.auditor_groups"),
         approval_window_seconds=int(approval.get("window_seconds", 900)),
+        approval_pending_ttl_seconds=_positive(approval.get("pending_ttl_seconds", 3600), "gateway.approvals.pending_ttl_seconds"),
+        approval_require_reason=_require_reason(approval.get("require_reason", False), raw.get("connections") or {}),
         approval_webhook=_safe_url(approval["webhook"], "gateway.approvals.webhook") if approval.get("webhook") else "",
         approval_max_pending=_positive(approval.get("max_pending", 100), "gateway.approvals.max_pending"),
         approval_max_pending_bytes=_positive(
@@ -141,6 +147,17 @@ def _grants(entry: dict, n: int) -> frozenset[str] | None:
     if "grants" not in entry:
         return None if n == 0 else frozenset()
     return frozenset(_strings(entry["grants"], f"issuers[{n}].grants"))
+
+
+def _require_reason(value, connections: dict) -> bool | tuple[str, ...]:
+    where = "gateway.approvals.require_reason"
+    if isinstance(value, bool):
+        return value
+    names = _strings(value, where)
+    unknown = [n for n in names if n not in connections]
+    if unknown:
+        raise ValueError(f"{where} names {unknown[0]!r}, which is not a [connections.…] table")
+    return names
 
 
 def _safe_url(url, where: str) -> str:
