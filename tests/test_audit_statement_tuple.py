@@ -109,8 +109,12 @@ def test_a_value_normalize_never_leaves_falls_back_to_the_general_encoder():
 
 def test_the_recorder_enqueues_a_tuple_the_writer_stores_as_the_full_record():
     queued: list = []
+
+    def enqueue(record, start_id: int = 0) -> None:  # AuditWriter.enqueue: the record, its journal start
+        queued.append(record)
+
     recorder = SessionRecorder(queued.append, {"session_id": "s1", "connection": "app-db", "sub": "alice",
-                                               "email": "a@example.com", "issuer": "https://idp"}, queued.append)
+                                               "email": "a@example.com", "issuer": "https://idp"}, enqueue)
     recorder.handle([SessionStarted("app_user", "app")])
     recorder.handle([StatementStarted("select 1"), StatementFinished("SELECT 1")])
     recorder.handle([StatementStarted("ALTER ROLE x PASSWORD 'hunter2'", kind="query"), StatementFailed("42501", "denied")])
