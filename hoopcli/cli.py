@@ -288,7 +288,7 @@ def approvals_list(
     if json_out:
         emit_json({**page, "approvals": [_iso_times(r) for r in page["approvals"]]})
         return
-    columns = ["id", "status", "sub", "connection", "statement", "size", "created_at", "justification"]
+    columns = ["id", "status", "sub", "connection", "statement", "size", "justification", "created_at"]
     table([_approval_row(r) for r in page["approvals"]], columns, title="Approvals")
     if page["next"]:
         again = (f" --status {status}" if status else "") + (f" --limit {limit}" if limit != 50 else "")
