@@ -28,7 +28,7 @@ class Gateway:
     def __init__(self, settings: GatewaySettings, store=None):
         from hoopcli.gateway.approvals import ApprovalBook
         from hoopcli.gateway.audit import open_store
-        from hoopcli.gateway.audit.durability import start_writer
+        from hoopcli.gateway.audit.durability import default_journal_dir, start_writer
 
         self.settings = settings
         self.registry = settings.registry
@@ -38,7 +38,8 @@ class Gateway:
         self.store = open_store(settings.audit_store) if store is None else store  # fails here when misconfigured
         self.writer = start_writer(
             settings.audit_store, self.store, self._exporter_specs(), durability=settings.durability,
-            journal_dir=settings.journal_dir, in_subprocess=store is None,
+            journal_dir=settings.journal_dir or default_journal_dir(self.store, settings.base_dir),
+            in_subprocess=store is None,
         )
         self.submit = self.writer.submit
         self.policies = self._policies()

@@ -34,7 +34,7 @@ class GatewaySettings:
     tls_key: str = ""
     audit_store: str = "hoop-audit.db"
     durability: str = "process"  # "process" | "power" | "async": see audit/journal.py
-    journal_dir: str = ""  # "": beside a SQLite store, else ./audit-journal (audit/durability.py)
+    journal_dir: str = ""  # "": beside a SQLite store, else audit-journal beside gateway.toml (audit/durability.py)
     record_params: bool = False
     approver_groups: tuple[str, ...] = ("approvers",)
     auditor_groups: tuple[str, ...] = ("auditors",)

@@ -26,12 +26,13 @@ def check_level(level: str) -> str:
     return level
 
 
-def default_journal_dir(store) -> Path:
-    """Beside a SQLite store's file (same owner, same disk); ./audit-journal otherwise."""
+def default_journal_dir(store, base_dir: Path | str = ".") -> Path:
+    """Beside a SQLite store's file (same owner, same disk); otherwise `audit-journal` in
+    `base_dir` (the gateway config's folder, never wherever the gateway was started from)."""
     path = getattr(store, "path", None)
     if isinstance(path, str) and path != ":memory:" and not path.startswith("file:"):
         return Path(path + ".journal")
-    return Path("audit-journal")
+    return Path(base_dir) / "audit-journal"
 
 
 def start_writer(
