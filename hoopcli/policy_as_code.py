@@ -23,7 +23,12 @@ def explain_statement(sql: str, connection: str | None, config: str | None, dial
             source = source_inline("default", dialect or "postgres")
     except ValueError as exc:
         raise ConfigError(str(exc), hint="check the file and the connection name") from None
-    result = explain(source.policy, sql, source.dialect, (subject, groups)).to_dict()
+    try:
+        who = source.subject(subject)
+    except ValueError as exc:
+        raise UsageError(f"--as {subject!r}: {exc}", hint='a bare subject is the first issuer\'s; "<issuer URL>|<sub>" another\'s') from None
+    result = explain(source.policy, sql, source.dialect, (who, groups)).to_dict()
+    result["subject"] = subject
     result["connection"] = source.connection
     return result
 

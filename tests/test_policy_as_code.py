@@ -116,3 +116,27 @@ def test_the_sample_config_is_the_readmes():
     block = re.search(r"### gateway.toml\n\n```toml\n(.*?)```", readme, re.S).group(1)
     sample = SAMPLE_CONFIG.read_text().split("\n", 1)[1]  # below its one-line header
     assert sample == block, "examples/gateway.toml drifted from the README's gateway.toml: copy it again"
+
+
+def test_subject_rules_apply_as_the_gateway_applies_them(tmp_path):
+    """A rule's `subjects` name the first issuer's subject when bare: `--as alice` and a case's
+    `as = "alice"` must match it as the live gateway does (they compared a bare string before)."""
+    config = tmp_path / "gateway.toml"
+    config.write_text(SAMPLE_CONFIG.read_text() + """
+[connections.ops]
+protocol = "postgres"
+target = "10.0.0.7:5432"
+subjects = ["alice"]
+[connections.ops.policy]
+default = "allow"
+[[connections.ops.policy.rules]]
+subjects = ["alice"]
+match = ["drop"]
+action = "deny"
+""")
+    done = hoop("policy", "explain", "DROP TABLE t", "--config", str(config), "--connection", "ops", "--as", "alice", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["action"] == "deny"
+    other = hoop("policy", "explain", "DROP TABLE t", "--config", str(config), "--connection", "ops",
+                 "--as", "https://token.actions.githubusercontent.com|alice", "--json")
+    assert json.loads(other.stdout)["action"] == "allow"  # the same sub from another issuer is someone else

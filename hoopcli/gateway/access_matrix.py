@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from hoopcli.gateway.config_check import SECRET_KEY, url_has_password
-from hoopcli.gateway.identity import Principal, TrustedIssuer, parse_principal
+from hoopcli.gateway.identity import Principal, TrustedIssuer
+from hoopcli.gateway.policy.connection import connection_policy
 from hoopcli.gateway.policy import CATEGORIES, Policy
 from hoopcli.gateway.registry import Connection
 from hoopcli.gateway.settings import GatewaySettings
@@ -52,10 +53,7 @@ def granting_issuers(group: str, issuers: Iterable[TrustedIssuer]) -> list[str]:
 
 def policy_of(conn: Connection, settings: GatewaySettings) -> Policy | None:
     """The Policy the gateway builds for `conn` (app.Gateway._policies), or None: record only."""
-    if not conn.policy:
-        return None
-    issuers = [i.issuer for i in settings.issuers]
-    return Policy.from_config(conn.policy, f"connections.{conn.name}.policy", subject=lambda s: parse_principal(s, issuers))
+    return connection_policy(conn, [i.issuer for i in settings.issuers])
 
 
 def _who_rules_name(policy: Policy) -> list[tuple[str, object, frozenset[str]]]:

@@ -14,7 +14,7 @@ import signal
 import ssl
 import time
 
-from hoopcli.gateway.identity import Identity, IdentityVerifier, parse_principal
+from hoopcli.gateway.identity import Identity, IdentityVerifier
 from hoopcli.gateway.protocols.base import SessionStarted, Verdict
 from hoopcli.gateway.registry import Connection
 from hoopcli.gateway.settings import GatewaySettings
@@ -73,17 +73,11 @@ class Gateway:
         return specs
 
     def _policies(self) -> dict:
-        from hoopcli.gateway.policy import Policy
+        from hoopcli.gateway.policy.connection import connection_policy
 
-        policies = {}
         issuers = [i.issuer for i in self.settings.issuers]
-        for conn in self.registry.connections.values():
-            if conn.policy:
-                try:
-                    policies[conn.name] = Policy.from_config(conn.policy, subject=lambda s: parse_principal(s, issuers))
-                except ValueError as exc:
-                    raise ValueError(f"connections.{conn.name}.policy: {exc}") from None
-        return policies
+        policies = {name: connection_policy(conn, issuers) for name, conn in self.registry.connections.items()}
+        return {name: policy for name, policy in policies.items() if policy is not None}
 
     def audit_healthy(self) -> bool:
         return self.writer.healthy

@@ -30,6 +30,7 @@ from typing import Any, Iterable
 
 from .categories import ACTIONS
 from .classifier import _classify
+from .connection import connection_policy
 from .rules import MAX_JUDGED_CHARS, Policy
 
 __all__ = ["CaseResult", "Explanation", "PolicySource", "explain", "run_policy_tests"]
@@ -72,14 +73,17 @@ def explain(policy: Policy, sql: str, dialect: str, identity: tuple[str, Iterabl
 
 @dataclass
 class PolicySource:
-    """A connection's policy and dialect, from a gateway config file or given inline."""
+    """A connection's policy and dialect, from a gateway config file or given inline, and how a
+    subject given on the command line reads there (as gateway.toml's `subjects` read)."""
 
     policy: Policy
     dialect: str
     connection: str = ""
+    subject: Any = str  # text -> the subject Policy.decide compares rules' subjects with
 
 
 def source_from_config(config_path: str | Path, connection: str) -> PolicySource:
+    from hoopcli.gateway.identity import parse_principal
     from hoopcli.gateway.settings import load_settings
 
     settings = load_settings(config_path)
@@ -89,9 +93,9 @@ def source_from_config(config_path: str | Path, connection: str) -> PolicySource
         raise ValueError(f"{config_path}: no connection {connection!r} (connections: {names})")
     if conn.protocol not in _DIALECT_OF:
         raise ValueError(f"connection {connection!r} is {conn.protocol}: only postgres and mysql statements have a policy")
-    if not conn.policy:
-        return PolicySource(Policy((), default="allow"), _DIALECT_OF[conn.protocol], connection)
-    return PolicySource(Policy.from_config(conn.policy, f"connections.{connection}.policy"), _DIALECT_OF[conn.protocol], connection)
+    issuers = [i.issuer for i in settings.issuers]
+    policy = connection_policy(conn, issuers) or Policy((), default="allow")  # record only: all pass
+    return PolicySource(policy, _DIALECT_OF[conn.protocol], connection, lambda s: parse_principal(s, issuers))
 
 
 def source_inline(policy: Any, dialect: str) -> PolicySource:
@@ -160,7 +164,11 @@ def run_policy_tests(path: str | Path, config: str | Path | None = None) -> list
         groups = case.get("groups", [])
         if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
             raise ValueError(f"{where}: groups must be a list of strings")
-        decision = source.policy.decide(sql, (str(case.get("as", "someone")), frozenset(groups)), source.dialect)
+        try:
+            who = source.subject(str(case.get("as", "someone")))
+        except ValueError as exc:
+            raise ValueError(f"{where}: as: {exc}") from None
+        decision = source.policy.decide(sql, (who, frozenset(groups)), source.dialect)
         results.append(CaseResult(str(path), index + 1, str(case.get("name", "")), sql, expect, decision.action,
                                   decision.reason, source.connection or source.dialect))
     return results
