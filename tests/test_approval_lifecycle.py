@@ -207,3 +207,29 @@ def test_a_reason_is_required_given_by_the_requester_and_seen_by_the_approver(tm
                    if r["details"]["request_id"] == request_id and r["outcome"] == "approved"]
     assert decision["details"]["justification"] == "OPS-7: replaced by v2" and decision["sub"] == "carol"
     assert _table_exists(pg_server, lifecycle_table)  # approved, not yet run
+
+
+def test_a_policy_rule_can_require_the_requesters_reason():
+    """`require_reason = true` on a rule: what that rule holds waits for a justification; what
+    another rule holds does not (issue 30: a rule can require a justification)."""
+    from hoopcli.gateway.approvals import ApprovalBook, ApprovalStateError
+    from hoopcli.gateway.identity import Principal
+    from hoopcli.gateway.policy import Policy, make_gate
+
+    policy = Policy.from_config({"rules": [
+        {"match": ["drop"], "action": "require_approval", "require_reason": True},
+        {"match": ["truncate"], "action": "require_approval"},
+    ]})
+    book = ApprovalBook({"dba"})
+    alice, carol = Principal("https://idp", "alice"), Principal("https://idp", "carol")
+    gate = make_gate(policy, book, (alice, frozenset()), "app-db", "postgres", database="app")
+    dropped = book.get(gate("DROP TABLE t").request_id)
+    truncated = book.get(gate("TRUNCATE t").request_id)
+    assert dropped.reason_required and not truncated.reason_required
+    with pytest.raises(ApprovalStateError, match="justify"):
+        book.approve(dropped.id, carol, ["dba"])
+    book.justify(dropped.id, alice, "OPS-7: the table was replaced by t2")
+    assert book.approve(dropped.id, carol, ["dba"]).status == "approved"
+    assert book.approve(truncated.id, carol, ["dba"]).status == "approved"
+    with pytest.raises(ValueError, match="require_reason"):
+        Policy.from_config({"rules": [{"match": ["drop"], "action": "require_approval", "require_reason": "yes"}]})

@@ -332,9 +332,12 @@ class ApprovalBook:
         categories: Iterable[str] = (),
         *,
         database: str = "",
+        reason_required: bool = False,
     ) -> ApprovalRequest:
         """File a request, or return the pending one for the same (requester, connection,
-        database, statement). `database`: the session's, which the grant will be bound to.
+        database, statement). `database`: the session's, which the grant will be bound to;
+        `reason_required`: the policy rule that holds it wants a justification (so does
+        `require_reason` for the connection).
 
         The request keeps the statement's digest (prefix, SHA-256, length), not the statement.
         Raises PermissionError when `sub` already has `max_pending_per_sub` pending requests,
@@ -364,7 +367,7 @@ class ApprovalBook:
                     categories=tuple(categories),
                     created_at=now,
                     expires_at=now + self.pending_ttl,
-                    reason_required=self.reason_required(connection),
+                    reason_required=reason_required or self.reason_required(connection),
                     **_digest_fields(digest),
                 ),
             )

@@ -107,7 +107,8 @@ def make_gate(
                 charsets.forwarded(text)
             return Verdict("allow", request_id=grant.id, rule=decision.reason)
         try:
-            request = book.request(requester, connection, text, decision.categories, database=where)
+            request = book.request(requester, connection, text, decision.categories, database=where,
+                                   reason_required=decision.require_reason)
         except PermissionError as exc:  # too many pending requests
             return Verdict("deny", f"hoop: {exc}", rule=decision.reason)
         # Text the parsers cannot read is held, not forwarded: the server must not run what the

@@ -16,6 +16,9 @@ class Rule:
     groups: frozenset[str] = frozenset()
     # Who, as the gateway passes identities: (issuer, sub) principals; plain names in unit use.
     subjects: frozenset[Hashable] = frozenset()
+    # A statement this rule holds may be approved only after its requester says why
+    # (`hoop approvals justify`); approvers read the reason.
+    require_reason: bool = False
 
     def applies_to(self, who: Hashable, groups: Iterable[str]) -> bool:
         """A rule without groups or subjects applies to everyone; otherwise to either list.
@@ -63,10 +66,17 @@ class Decision:
     categories: tuple[str, ...]  # every category of every part, sorted
     rule_index: int | None  # the rule that set the action; None for a default
     reason: str  # e.g. "rule 0: drop", "default: select", "unparseable", "empty statement"
+    require_reason: bool = False  # the deciding rule wants the requester's justification
 
 
-_RULE_KEYS = {"match", "action", "groups", "subjects", "name", "description"}
+_RULE_KEYS = {"match", "action", "groups", "subjects", "name", "description", "require_reason"}
 _POLICY_KEYS = {"default", "unparseable", "rules"}
+
+
+def _flag(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{where}: expected true or false, got {value!r}")
+    return value
 
 
 def _str_list(value: Any, where: str, *, known: frozenset[str] | None = None) -> frozenset[str]:
@@ -175,6 +185,7 @@ class Policy:
                     _action(raw["action"], f"{at}.action"),
                     _str_list(raw.get("groups", []), f"{at}.groups"),
                     _subjects(raw.get("subjects", []), f"{at}.subjects", subject),
+                    _flag(raw.get("require_reason", False), f"{at}.require_reason"),
                 )
             )
         return cls(DEFAULT_RULES if raw_rules is None else tuple(rules), default, unparseable)
@@ -235,5 +246,6 @@ class Policy:
             reason = ALWAYS_DENIED[category]
         else:
             reason = f"default: {category}"
-        return Decision(action, tuple(sorted(all_categories)), index, reason)
+        wants_reason = index is not None and self.rules[index].require_reason
+        return Decision(action, tuple(sorted(all_categories)), index, reason, wants_reason)
 
