@@ -53,15 +53,19 @@ class GatewaySettings:
     base_dir: Path = field(default_factory=Path.cwd)
 
 
-def load_settings(path: str | Path) -> GatewaySettings:
+def read_toml(path: str | Path) -> dict:
+    """A TOML file's tables; ValueError names the file (missing, unreadable or malformed)."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ValueError(f"{path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: {exc}") from None
-    return settings_from_dict(raw, base_dir=path.parent)
+
+
+def load_settings(path: str | Path) -> GatewaySettings:
+    return settings_from_dict(read_toml(path), base_dir=Path(path).parent)
 
 
 def settings_from_dict(raw: dict, base_dir: Path | None = None) -> GatewaySettings:

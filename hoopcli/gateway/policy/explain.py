@@ -130,18 +130,10 @@ class CaseResult:
 
 def run_policy_tests(path: str | Path, config: str | Path | None = None) -> list[CaseResult]:
     """Every case of one policy test file; ValueError names the file and case of a mistake."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
+    from hoopcli.gateway.settings import read_toml
 
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"{path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{path}: {exc}") from None
+    raw = read_toml(path)
     cases = raw.get("case")
     if not isinstance(cases, list) or not cases:
         raise ValueError(f"{path}: no [[case]] tables (a test file with no cases proves nothing)")
