@@ -89,15 +89,16 @@ def policy_explain(
     connection: Optional[str] = typer.Option(None, "--connection", "-c", help="A connection of --config."),
     config: Optional[str] = typer.Option(None, "--config", help="The gateway.toml that defines the connection."),
     dialect: Optional[str] = typer.Option(None, "--dialect", help="postgres or mysql, judged by the default policy (without --connection)."),
-    subject: str = typer.Option("someone", "--as", help="The subject the statement runs as."),
+    subject: Optional[str] = typer.Option(None, "--as", help="The subject the statement runs as (through the gateway: auditors only; default: you)."),
     groups: str = typer.Option("", "--groups", help="Comma-separated groups of that subject."),
     json_out: bool = JsonOpt,
 ) -> None:
-    """What the gateway would do with a statement, the categories of each part, and the rule that decides."""
+    """What the gateway would do with a statement, the categories of each part, and the rule that decides
+    (from --config, or with --connection alone from the live gateway)."""
     from hoopcli.output import emit_json, info
     from hoopcli.policy_as_code import explain_statement
 
-    result = explain_statement(sql, connection, config, dialect, subject, [g for g in groups.split(",") if g])
+    result = explain_statement(sql, connection, config, dialect, subject, [g for g in groups.split(",") if g], api=_api)
     if json_out:
         emit_json(result)
         return

@@ -59,6 +59,14 @@ class GatewayAPI:
         body = {"reason": reason} if sha256 is None else {"reason": reason, "sha256": sha256}
         return self._call("POST", f"/api/approvals/{request_id}/{decision}", json=body)
 
+    def explain(self, connection: str, sql: str, subject: str | None = None, groups: list[str] | None = None) -> dict:
+        body: dict = {"connection": connection, "sql": sql}
+        if subject is not None:
+            body["as"] = subject
+        if groups:
+            body["groups"] = groups
+        return self._call("POST", "/api/policy/explain", json=body)
+
     def justify(self, request_id: str, reason: str) -> dict:
         return self._call("POST", f"/api/approvals/{request_id}/justify", json={"reason": reason})
 

@@ -10,14 +10,18 @@ from hoopcli.errors import ConfigError, UsageError
 
 
 def explain_statement(sql: str, connection: str | None, config: str | None, dialect: str | None,
-                      subject: str, groups: list[str]) -> dict:
+                      subject: str | None, groups: list[str], api=None) -> dict:
+    """Locally from a gateway.toml (`config`), by the default policy (`dialect`), or — with a
+    connection and no config — through the gateway's API (`api()`: the live policy)."""
     from hoopcli.gateway.policy.explain import explain, source_from_config, source_inline
 
+    if connection and not config:
+        if api is None:
+            raise UsageError("--connection needs --config FILE, or a gateway to ask", hint="hoop login, or pass --config gateway.toml")
+        return api().explain(connection, sql, subject, groups)
+    subject = subject or "someone"
     try:
         if connection:
-            if not config:
-                raise UsageError("--connection needs --config FILE (the gateway.toml that defines it)",
-                                 hint="or give --dialect postgres|mysql to judge with the default policy")
             source = source_from_config(config, connection)
         else:
             source = source_inline("default", dialect or "postgres")

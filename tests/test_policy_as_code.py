@@ -88,7 +88,6 @@ def test_explain_names_each_part_its_categories_and_the_deciding_rule():
     "args, message",
     [
         (["explain", "select 1", "--config", str(SAMPLE_CONFIG), "--connection", "nope"], "no connection 'nope'"),
-        (["explain", "select 1", "--connection", "app-db"], "--connection needs --config"),
         (["explain", "select 1", "--dialect", "oracle"], "dialect must be one of"),
         (["test", "/nonexistent/cases.toml"], "does not exist"),
     ],
@@ -140,3 +139,24 @@ action = "deny"
     other = hoop("policy", "explain", "DROP TABLE t", "--config", str(config), "--connection", "ops",
                  "--as", "https://token.actions.githubusercontent.com|alice", "--json")
     assert json.loads(other.stdout)["action"] == "allow"  # the same sub from another issuer is someone else
+
+
+def test_explain_through_the_gateway_uses_its_live_policy_and_who_asks(gateway, as_user):
+    """`--connection` without `--config`: the gateway's API answers with the policy that judges
+    live traffic; a non-auditor is explained as themselves whatever --as says, an auditor as
+    anyone; a connection the caller may neither use nor audit is not found."""
+    from tests.support.cli import run_subprocess
+
+    def explain(login, *extra):
+        done = run_subprocess(["policy", "explain", "DROP TABLE customers", "--connection", "gated-db", "--json", *extra], as_user(login))
+        return done.code, (json.loads(done.out) if done.code == 0 else done.err)
+
+    code, alice = explain("alice")
+    assert code == 0 and alice["action"] == "require_approval" and alice["reason"] == "rule 0: drop"
+    assert alice["connection"] == "gated-db" and alice["subject"].endswith("|alice")
+    code, bob = explain("bob", "--as", "carol", "--groups", "approvers")
+    assert code == 0 and bob["subject"].endswith("|bob") and bob["groups"] == ["developers"]  # --as ignored
+    code, carol = explain("carol", "--as", "mallory", "--groups", "agents")
+    assert code == 0 and carol["subject"].endswith("|mallory") and carol["groups"] == ["agents"]
+    code, err = explain("nobody-at-all")
+    assert code != 0 and "no connection named gated-db" in err

@@ -14,6 +14,10 @@ GET  /api/approvals?status=&limit=&cursor= your own requests, and those of the c
 POST /api/approvals/{id}/approve|deny      the connection's approvers only, never the requester
                                            (same issuer and sub); the body may carry "sha256":
                                            approve only that exact statement
+POST /api/policy/explain                   body {"connection", "sql", "as"?, "groups"?}: what the
+                                           gateway's own policy for that connection would do and
+                                           why (policy/explain.py); auditors for anyone, everyone
+                                           else for themselves on connections they may use
 POST /api/approvals/{id}/justify           the requester only, once, while pending: body
                                            {"reason": "..."}; approvers read it, and on a
                                            connection that requires a reason nobody approves
@@ -73,6 +77,8 @@ async def _answer(gw, identity: Identity, request: Request, path: str, query: di
             records = await loop.run_in_executor(None, lambda: _query(gw, query))
             # Truncated only at the gateway's own cap: a caller's smaller --limit got what it asked for.
             return 200, {"records": records, "truncated": len(records) >= MAX_AUDIT_RECORDS}
+    if path == "/api/policy/explain" and request.method == "POST":
+        return 200, await loop.run_in_executor(None, lambda: _explain(gw, identity, body))
     if path == "/api/approvals" and request.method == "GET":
         return 200, _approvals_page(gw, identity, query)
     if path.startswith("/api/approvals/") and path.endswith("/justify") and request.method == "POST":
@@ -137,6 +143,41 @@ def _approvals_page(gw, identity: Identity, query: dict) -> dict:
     except ValueError as exc:
         raise BadRequest(400, str(exc)) from None
     return {"approvals": [public_request(r) for r in rows], "next": cursor}
+
+
+def _explain(gw, identity: Identity, body: bytes) -> dict:
+    """The live policy of a connection, explained (in a worker thread: it parses)."""
+    from hoopcli.gateway.identity import parse_principal
+    from hoopcli.gateway.policy import Policy
+    from hoopcli.gateway.policy.explain import explain
+
+    try:
+        ask = json.loads(body or b"{}")
+    except ValueError:
+        ask = None
+    if not isinstance(ask, dict) or not isinstance(ask.get("connection"), str) or not isinstance(ask.get("sql"), str):
+        raise BadRequest(400, 'body must be JSON: {"connection": "name", "sql": "…", "as": "sub"?, "groups": [..]?}')
+    conn = gw.registry.get(ask["connection"])
+    auditor = bool(set(identity.groups) & set(gw.settings.auditor_groups))
+    if conn is None or not (auditor or conn.allows(identity)):
+        raise BadRequest(404, f"no connection named {ask['connection']} that {identity.label} may use or audit")
+    if conn.protocol not in ("postgres", "mysql"):
+        raise BadRequest(400, f"connection {conn.name} is {conn.protocol}: only postgres and mysql statements have a policy")
+    if auditor and ("as" in ask or "groups" in ask):  # an auditor may ask for anyone
+        groups = ask.get("groups") or []
+        if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+            raise BadRequest(400, "groups must be a list of strings")
+        try:
+            who = parse_principal(str(ask.get("as", "someone")), [i.issuer for i in gw.settings.issuers])
+        except ValueError as exc:
+            raise BadRequest(400, f"as: {exc}") from None
+    else:  # everyone else: for themselves
+        who, groups = identity.principal, list(identity.groups)
+    policy = gw.policies.get(conn.name) or Policy((), default="allow")  # record only: everything passes
+    dialect = "mysql" if conn.protocol == "mysql" else "postgres"
+    result = explain(policy, ask["sql"], dialect, (who, groups)).to_dict()
+    result.update(connection=conn.name, subject=f"{getattr(who, 'issuer', '')}|{getattr(who, 'sub', who)}")
+    return result
 
 
 def _justify(gw, identity: Identity, path: str, body: bytes):
