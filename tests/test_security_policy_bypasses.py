@@ -148,7 +148,7 @@ def test_merge_arm_without_its_own_condition_is_unbounded_and_held(sql, category
     "sql",
     [
         "MERGE INTO customers c USING new_customers s ON c.id = s.id WHEN MATCHED AND c.archived THEN DELETE "
-        "WHEN MATCHED AND c.name <> 'keep' THEN UPDATE SET name = s.name WHEN NOT MATCHED THEN INSERT VALUES (s.id, s.name)",
+        "WHEN MATCHED AND c.name = 'old' THEN UPDATE SET name = s.name WHEN NOT MATCHED THEN INSERT VALUES (s.id, s.name)",
         "MERGE INTO customers c USING new_customers s ON c.id = s.id WHEN NOT MATCHED THEN INSERT VALUES (s.id, s.name)",
         "EXPLAIN MERGE INTO customers c USING customers s ON c.id = s.id WHEN MATCHED THEN DELETE",
     ],
@@ -463,7 +463,7 @@ def test_switching_off_the_servers_own_safety_is_held(sql, dialect):
 
 @pytest.mark.parametrize("sql, dialect", [("RESET session_replication_role", PG), ("SET search_path = app, public", PG),
                                           ("SET statement_timeout = 5000", PG), ("SET autocommit = 0", MY),
-                                          ("SET SESSION sql_mode = 'ANSI'", MY), ("SET @sql_log_bin = 0", MY)])
+                                          ("SET SESSION sql_mode = 'STRICT_ALL_TABLES'", MY), ("SET @sql_log_bin = 0", MY)])
 def test_ordinary_session_settings_pass(sql, dialect):
     assert decide(sql, dialect) == "allow", classify(sql, dialect)
 
@@ -522,6 +522,7 @@ RED_TEAM = [
     ("DELETE FROM t WHERE id = (SELECT id)", PG, "require_approval"),
     ("DELETE FROM t WHERE id = (SELECT id)", MY, "require_approval"),
     ("DELETE FROM t WHERE NOT (id = 0 AND false)", PG, "require_approval"),
+    ("DELETE FROM t WHERE NOT active", PG, "require_approval"),  # every row but the active ones
     ("DELETE FROM t WHERE !(id = 0 && 0)", MY, "require_approval"),
     ("DELETE FROM t WHERE (id = id) IS TRUE", PG, "require_approval"),
     ("DELETE FROM t WHERE coalesce(id = id, true)", PG, "require_approval"),
@@ -549,7 +550,7 @@ RED_TEAM_NEIGHBOURS = [
     ("DELETE FROM t USING u WHERE t.id = 5 AND t.owner = u.id", PG), ("UPDATE t, u SET t.name = NULL WHERE t.id = 5", MY),
     ("DELETE FROM t WHERE id = (SELECT max(id) FROM t)", PG), ("DELETE FROM t WHERE id = (SELECT max(id) FROM t)", MY),
     ("DELETE FROM t WHERE id IN (SELECT id FROM t ORDER BY id LIMIT 1000)", PG), ("DELETE FROM t ORDER BY id LIMIT 1000", MY),
-    ("DELETE FROM t WHERE NOT active", PG), ("INSERT INTO t VALUES (1, 'a') ON CONFLICT (id) DO UPDATE SET name = 'a'", PG),
+    ("INSERT INTO t VALUES (1, 'a') ON CONFLICT (id) DO UPDATE SET name = 'a'", PG),
     ("REPLACE INTO t VALUES (1)", MY), ("RESET ROLE", PG), ("CALL app.refresh_totals()", MY),
     ("/*!40000 ALTER TABLE `t` DISABLE KEYS */", MY), ("/*!40000 ALTER TABLE `t` ENABLE KEYS */", MY),
     ("/*!40101 SET NAMES utf8mb4 */", MY), ("/*!40101 SET @saved_cs_client     = @@character_set_client */", MY),
@@ -590,3 +591,61 @@ def test_a_saved_character_set_is_forgotten_once_anything_names_the_variable(ove
     assert gate("SET @saved_cs_client = @@character_set_client").action == "allow"
     gate(overwrite)
     assert gate("SET character_set_client = @saved_cs_client").action == "deny", overwrite
+
+
+# ---- 12. the third red-team round ------------------------------------------------------------
+
+RED_TEAM_3 = [
+    ("SET NAMES DEFAULT", MY, "deny"), ("SET CHARACTER SET DEFAULT", MY, "deny"),
+    ("SET @@session.character_set_client = DEFAULT", MY, "deny"),  # the server's global set may be GBK
+    ("SET sql_mode = 'ANSI_QUOTES'", MY, "deny"), ("SET sql_mode = CONCAT(@@sql_mode, ',PIPES_AS_CONCAT')", MY, "deny"),
+    ("SET SESSION sql_mode = 'ANSI'", MY, "deny"), ("SET @@sql_mode = 'NO_BACKSLASH_ESCAPES'", MY, "deny"),
+    ("SET STATEMENT sql_mode = 'ANSI_QUOTES' FOR DELETE FROM t WHERE v = \"v\"", MY, "deny"),
+    ("DELETE FROM t LIMIT 18446744073709551615", MY, "require_approval"),
+    ("UPDATE t SET a = 1 ORDER BY id LIMIT 18446744073709551615", MY, "require_approval"),
+    ("DELETE FROM t WHERE id IN (SELECT id FROM t LIMIT ALL)", PG, "require_approval"),
+    ("DELETE FROM t WHERE id IN (SELECT id FROM t LIMIT NULL)", PG, "require_approval"),
+    ("DELETE FROM t WHERE id IN (SELECT id FROM t LIMIT (SELECT count(*) FROM t))", PG, "require_approval"),
+    ("SELECT set_config('role', 'admin_r', false)", PG, "require_approval"),
+    ("SELECT set_config('session_authorization', 'admin_r', false)", PG, "require_approval"),
+    ("BEGIN READ WRITE", PG, "require_approval"), ("START TRANSACTION READ WRITE", PG, "require_approval"),
+    ("SET TRANSACTION READ WRITE", PG, "require_approval"), ("SET SESSION TRANSACTION READ WRITE", MY, "require_approval"),
+    ("SET transaction_read_only = 0", MY, "require_approval"),
+    ("DELETE FROM t WHERE flag OR NOT flag", PG, "require_approval"), ("DELETE FROM t WHERE flag OR NOT flag", MY, "require_approval"),
+    ("DELETE FROM t WHERE id * 0 = 0", PG, "require_approval"), ("DELETE FROM t WHERE id * 0 = 0", MY, "require_approval"),
+    ("DELETE FROM t WHERE (id IS NOT NULL) = true", PG, "require_approval"),
+    ("DELETE FROM t WHERE (id IS NULL) = false", MY, "require_approval"),
+    ("DELETE FROM t WHERE id <> ALL('{}')", PG, "require_approval"),
+    ("DELETE FROM t WHERE id <> 1 OR id <> 2", PG, "require_approval"), ("DELETE FROM t WHERE id <> 1 OR id <> 2", MY, "require_approval"),
+    ("SELECT pg_logical_slot_get_changes('cdc', NULL, NULL)", PG, "require_approval"),
+    ("SELECT pg_replication_slot_advance('cdc', pg_current_wal_lsn())", PG, "require_approval"),
+    ("SELECT lo_put(4242, 0, 'XXXXXXXXX')", PG, "require_approval"), ("SELECT setval('s', 1)", PG, "require_approval"),
+    ("SET pg_stat_statements.track = none", PG, "require_approval"),
+    ("REPLACE INTO t TABLE u", MY, "require_approval"),
+    ("SET skip_replication = 1", MY, "require_approval"), ("SET timestamp = 1", MY, "require_approval"),
+]
+RED_TEAM_3_NEIGHBOURS = [
+    ("SET sql_mode = 'STRICT_TRANS_TABLES,NO_ZERO_DATE'", MY), ("SET sql_mode = ''", MY), ("SET sql_mode = DEFAULT", MY),
+    ("DELETE FROM t ORDER BY id LIMIT 1000", MY), ("DELETE FROM t WHERE id IN (SELECT id FROM t LIMIT 1000)", PG),
+    ("BEGIN READ ONLY", PG), ("BEGIN", PG), ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", PG),
+    ("START TRANSACTION", MY), ("DELETE FROM t WHERE lower(name) = 'bob'", PG), ("DELETE FROM t WHERE id::text = '5'", PG),
+]
+
+
+@pytest.mark.parametrize("sql, dialect, action", RED_TEAM_3)
+def test_third_round_findings_are_held_or_refused(sql, dialect, action):
+    assert decide(sql, dialect) == action, classify(sql, dialect)
+
+
+@pytest.mark.parametrize("sql, dialect", RED_TEAM_3_NEIGHBOURS)
+def test_third_round_neighbours_pass(sql, dialect):
+    assert decide(sql, dialect) == "allow", classify(sql, dialect)
+
+
+def test_mysqldump_restores_its_saved_sql_mode_and_a_pinned_database_cannot_be_left_by_set_statement():
+    gate = make_gate(POLICY, None, ALICE, "app-mysql", MY, database="app")
+    assert gate("/*!40101 SET @OLD_SQL_MODE=@@SQL_MODE, SQL_MODE='NO_AUTO_VALUE_ON_ZERO' */").action == "allow"
+    assert gate("/*!40101 SET SQL_MODE=@OLD_SQL_MODE */").action == "allow"
+    gate("SET @OLD_SQL_MODE = 'ANSI_QUOTES'")
+    assert gate("SET SQL_MODE=@OLD_SQL_MODE").action == "deny"
+    assert gate("SET STATEMENT max_statement_time = 0 FOR USE other").action == "deny"

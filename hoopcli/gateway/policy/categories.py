@@ -27,7 +27,8 @@ CATEGORIES: frozenset[str] = frozenset(
         "dynamic_sql",  # text the server will run that cannot be seen now (PREPARE FROM @v, BINLOG)
         "routine",  # creates or changes code the server runs later: functions, procedures, triggers, rules, events
         "safety_off",  # switches off the server's own safety or audit (triggers, audit/binary logs)
-        "encoding",  # may switch the client character set to one the gateway cannot read safely: always refused
+        "encoding",
+        "sql_mode",  # MySQL sql_mode that changes how later statements are read (ANSI_QUOTES, …): always refused  # may switch the client character set to one the gateway cannot read safely: always refused
         "call",
         "execute_prepared",  # SQL-level EXECUTE of a statement prepared earlier
         "prepare",

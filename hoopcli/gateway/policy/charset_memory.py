@@ -1,4 +1,5 @@
-"""mysqldump's restore lines: `SET character_set_client = @saved_cs_client`, per session.
+"""mysqldump's restore lines: `SET character_set_client = @saved_cs_client` (and `SET
+SQL_MODE=@OLD_SQL_MODE`), per session.
 
 A dump saves the session's character set in a user variable and restores it later:
 
@@ -22,11 +23,13 @@ import re
 
 __all__ = ["SavedCharsets"]
 
-_SETTING = r"(?:character_set_client|character_set_connection|character_set_results|collation_connection)"
+_SETTING = r"(character_set_client|character_set_connection|character_set_results|collation_connection|sql_mode)"
 _GATED = r"\s*(?:/\*!\d*\s*)?"
 _END = r"\s*(?:\*/)?\s*;?\s*"
-_SAVE = re.compile(rf"{_GATED}SET\s+@(\w+)\s*:?=\s*@@(?:session\.)?{_SETTING}{_END}", re.IGNORECASE)
-_RESTORE = re.compile(rf"({_GATED}SET\s+(?:session\s+|@@(?:session\.)?)?{_SETTING}\s*=\s*)@(\w+)({_END})", re.IGNORECASE)
+# `SET @x = @@setting` anywhere in a SET list (mysqldump: `SET @OLD_SQL_MODE=@@SQL_MODE, SQL_MODE='…'`)
+_SAVE = re.compile(rf"@(\w+)\s*:?=\s*@@(?:session\.)?{_SETTING}\b", re.IGNORECASE)
+_RESTORE = re.compile(rf"({_GATED}SET\s+(?:session\s+|@@(?:session\.)?)?){_SETTING}(\s*=\s*)@(\w+)({_END})", re.IGNORECASE)
+_SAFE_LITERAL = {"sql_mode": "''"}  # what a restored value is judged as; character sets: utf8mb4
 
 
 def _plain(text: str) -> str:
@@ -44,9 +47,10 @@ class SavedCharsets:
         """What the policy judges: a restore from a remembered variable reads as one from a
         safe literal; everything else is judged as it is."""
         m = _RESTORE.fullmatch(text)
-        if m is None or m.group(2).lower() not in self._safe:
+        if m is None or m.group(4).lower() not in self._safe:
             return text
-        return m.group(1) + "utf8mb4" + m.group(3)
+        setting = m.group(2)
+        return m.group(1) + setting + m.group(3) + _SAFE_LITERAL.get(setting.lower(), "utf8mb4") + m.group(5)
 
     def forwarded(self, text: str) -> None:
         """Called for every statement the gate lets through, before the server runs it."""
@@ -54,11 +58,11 @@ class SavedCharsets:
             return
         plain = _plain(text)
         self._safe = {name for name in self._safe if name not in plain or _is_restore_of(text, name)}
-        m = _SAVE.fullmatch(text)
-        if m is not None:
-            self._safe.add(m.group(1).lower())
+        if re.match(rf"{_GATED}SET\b", text, re.IGNORECASE):
+            for m in _SAVE.finditer(text):  # the session's own value, safe by construction
+                self._safe.add(m.group(1).lower())
 
 
 def _is_restore_of(text: str, name: str) -> bool:
     m = _RESTORE.fullmatch(text)
-    return m is not None and m.group(2).lower() == name
+    return m is not None and m.group(4).lower() == name

@@ -218,12 +218,22 @@ def _my_sqlglot(canonical: str) -> tuple[set[str], str]:
             continue
         verb = "delete" if isinstance(node, exp.Delete) else "update"
         cats.add(verb)
-        if node.args.get("limit") is not None:
-            continue  # DELETE/UPDATE … LIMIT n: bounded
+        if _small_limit(node.args.get("limit")):
+            continue  # DELETE/UPDATE … LIMIT n with a modest n: bounded
         targets = _my_targets(node)
         if not all(my_narrows(node.args.get("where"), target) for target in targets):
             cats.add(f"{verb}_without_where")
     return cats, ""
+
+
+MAX_NARROW_LIMIT = 10_000  # `LIMIT 18446744073709551615` is every row (red team)
+
+
+def _small_limit(limit) -> bool:
+    from sqlglot import exp
+
+    value = limit.args.get("expression") if limit is not None else None
+    return isinstance(value, exp.Literal) and value.is_int and int(value.this) <= MAX_NARROW_LIMIT
 
 
 def _my_targets(node) -> list[frozenset[str] | None]:
@@ -298,6 +308,8 @@ def _my_statement(st: _MyStatement, depth: int) -> tuple[set[str], str]:
         cats.add("prepare")
     elif first in ("START", "SET") and second == "TRANSACTION":
         cats.add("transaction")
+        if "WRITE" in words:
+            cats.add("safety_off")  # READ WRITE: past a read-only session default
     elif first == "SET" and second == "PASSWORD":
         cats.add("alter")
     elif first == "START":
@@ -317,9 +329,9 @@ def _my_statement(st: _MyStatement, depth: int) -> tuple[set[str], str]:
             cats.add("maintenance")
         elif first == "CREATE" or first == "ALTER":
             cats |= create_categories(words)
-        elif first == "REPLACE" and "SELECT" in words:
-            cats.add("delete_without_where")  # REPLACE … SELECT: delete and re-insert every row it reads
-        if first == "INSERT" and "DUPLICATE" in words and "SELECT" in words:
+        elif first == "REPLACE" and ("SELECT" in words or "TABLE" in words[2:]):
+            cats.add("delete_without_where")  # REPLACE … SELECT / TABLE u: every row it reads
+        if first == "INSERT" and "DUPLICATE" in words and ("SELECT" in words or "TABLE" in words[2:]):
             cats.add("update_without_where")  # INSERT … SELECT … ON DUPLICATE KEY UPDATE: every row it reads
     else:
         cats.add("unparseable")
@@ -348,6 +360,8 @@ def use_targets(sql: str) -> list[str | None]:
         for st in _my_lex(sql, backslash, ansi, profile):
             if st.words and st.words[0] == "USE":
                 targets.append(use_target("".join(st.canonical)))
+            elif st.words[:2] == ["SET", "STATEMENT"] and "USE" in st.words:
+                targets.append(None)  # SET STATEMENT … FOR USE other: the database cannot be pinned there
             elif st.broken:
                 targets.append(None)
     return targets

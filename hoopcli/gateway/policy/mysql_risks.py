@@ -68,7 +68,10 @@ _SERVER_SCOPES = frozenset({"GLOBAL", "PERSIST", "PERSIST_ONLY"})
 # the binary log (replicas and point-in-time recovery miss what follows), the general and
 # slow logs, MariaDB's audit plugin, MySQL Enterprise Audit.
 _SAFETY_VARIABLES = frozenset({"SQL_LOG_BIN", "SQL_LOG_OFF", "GENERAL_LOG", "SLOW_QUERY_LOG", "LOG_SLOW_QUERY",
-                               "LOG_BIN_TRUST_FUNCTION_CREATORS", "SQL_SAFE_UPDATES"})
+                               "LOG_BIN_TRUST_FUNCTION_CREATORS", "SQL_SAFE_UPDATES", "SKIP_REPLICATION", "WSREP_ON",
+                               "SERVER_ID", "BINLOG_FORMAT", "LONG_QUERY_TIME", "LOG_SLOW_FILTER",
+                               "LOG_SLOW_DISABLED_STATEMENTS", "MIN_EXAMINED_ROW_LIMIT", "TIMESTAMP",
+                               "TRANSACTION_READ_ONLY", "TX_READ_ONLY"})
 _SAFETY_PREFIXES = ("SERVER_AUDIT", "AUDIT_LOG")
 
 
@@ -93,8 +96,7 @@ def _safe_value(tokens: list[str], *, collation: bool = False) -> bool:
     else:
         return False  # a number (a collation id), a hex literal, `@`, punctuation
     value = value.lower()
-    if value == "default":
-        return True
+    # DEFAULT is the server's global character set, which may be GBK or SJIS (red team): unknown.
     if collation:
         value = value if value == "binary" else value.split("_", 1)[0]
     return value in SAFE_CHARSETS
@@ -136,7 +138,38 @@ def _assignment_categories(tokens: list[str]) -> set[str]:
         cats.add("safety_off")
     if _switches_charset(head, names, raw):
         cats.add("encoding")
+    if head == "SQL_MODE" and not _safe_sql_mode(raw[1:]):
+        cats.add("sql_mode")
     return cats
+
+
+# sql_mode flags that leave how a statement is read alone. ANSI_QUOTES (a "string" becomes a
+# column: `WHERE v = "v"` matches every row), PIPES_AS_CONCAT (`||` is no longer OR),
+# NO_BACKSLASH_ESCAPES, IGNORE_SPACE, HIGH_NOT_PRECEDENCE and the combination modes that
+# include them (ANSI, ORACLE, MSSQL, DB2, POSTGRESQL, MAXDB) change it: the classifier would
+# read later statements differently from the server.
+_SAFE_SQL_MODES = frozenset({
+    "", "NO_AUTO_VALUE_ON_ZERO", "STRICT_TRANS_TABLES", "STRICT_ALL_TABLES", "NO_ZERO_DATE", "NO_ZERO_IN_DATE",
+    "ERROR_FOR_DIVISION_BY_ZERO", "NO_ENGINE_SUBSTITUTION", "ONLY_FULL_GROUP_BY", "TRADITIONAL",
+    "NO_AUTO_CREATE_USER", "NO_DIR_IN_CREATE", "ALLOW_INVALID_DATES", "NO_UNSIGNED_SUBTRACTION",
+    "PAD_CHAR_TO_FULL_LENGTH", "REAL_AS_FLOAT", "SIMULTANEOUS_ASSIGNMENT", "TIME_ROUND_FRACTIONAL",
+    "NO_KEY_OPTIONS", "NO_TABLE_OPTIONS", "NO_FIELD_OPTIONS", "EMPTY_STRING_IS_NULL", "STRICT_MODE",
+})
+
+
+def _safe_sql_mode(value: list[str]) -> bool:
+    """`= 'A,B'` (one literal of safe flags) or DEFAULT (the mode the session started with)."""
+    if value[:1] in (["="], [":="]):
+        value = value[1:]
+    if len(value) != 1:
+        return False
+    token = value[0]
+    if _name(token) == "DEFAULT":
+        return True
+    if not token.startswith("'"):
+        return False
+    flags = re.sub(r"\\(.)", r"\1", token[1:-1]).upper().split(",")
+    return all(flag.strip() in _SAFE_SQL_MODES for flag in flags)
 
 
 def _switches_charset(head: str, names: list[str], raw: list[str]) -> bool:
@@ -164,6 +197,9 @@ def set_statement(canonical: str, classify_text: Callable[[str], Iterable[tuple[
     cats: set[str] = {"set"}
     note = ""
     body = tokens[1:]
+    words = [_name(t) for t in body]
+    if "TRANSACTION" in words[:3] and "WRITE" in words:
+        cats.add("safety_off")  # SET [SESSION] TRANSACTION READ WRITE: past a read-only default
     if [_name(t) for t in body[:2]] == ["DEFAULT", "ROLE"] or [_name(t) for t in body[:1]] == ["ROLE"]:
         cats.add("grant")  # SET ROLE r: this session's privileges; SET DEFAULT ROLE r FOR u: u's next sessions
     if body and _name(body[0]) == "STATEMENT":  # SET STATEMENT a = 1 [, …] FOR <statement>

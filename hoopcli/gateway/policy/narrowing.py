@@ -98,8 +98,9 @@ def _pg_subquery_narrows(subselect: Any) -> bool:
         return False
     if select.get("op", "SETOP_NONE") != "SETOP_NONE":  # a UNION: each branch must narrow
         return _pg_subquery_narrows({"SelectStmt": select.get("larg")}) and _pg_subquery_narrows({"SelectStmt": select.get("rarg")})
-    if select.get("limitCount") is not None:
-        return True
+    limit = select.get("limitCount")
+    if isinstance(limit, dict) and "ival" in (limit.get("A_Const") or {}):
+        return True  # LIMIT n (a constant; LIMIT ALL, NULL or a subquery is no limit)
     return pg_narrows(select.get("whereClause"))
 
 
@@ -123,6 +124,20 @@ def _pg_value_side_narrows(value: Any, operator: str, set_valued: bool, target: 
     return True
 
 
+def _pg_plain_column(node: Any) -> bool:
+    """A column, or a function or cast of one (`lower(name)`, `id::text`) — not arithmetic or a test."""
+    if not isinstance(node, dict) or len(node) != 1:
+        return False
+    (kind, inner), = node.items()
+    if kind == "ColumnRef":
+        return True
+    if kind in ("TypeCast", "CollateClause"):
+        return _pg_plain_column(inner.get("arg"))
+    if kind == "FuncCall":
+        return sum(_pg_plain_column(a) for a in inner.get("args") or ()) == 1
+    return False
+
+
 def _pg_comparison_narrows(node: dict, target: frozenset[str] | None) -> bool:
     left, right = _pg_refs(node.get("lexpr")), _pg_refs(node.get("rexpr"))
     if bool(left) == bool(right):
@@ -133,6 +148,11 @@ def _pg_comparison_narrows(node: dict, target: frozenset[str] | None) -> bool:
     kind = node.get("kind")
     names = node.get("name") or []
     operator = str((names[-1].get("String") or {}).get("sval", "")) if names and isinstance(names[-1], dict) else ""
+    if operator in ("<>", "!=") or kind == "AEXPR_DISTINCT":
+        return False  # every row but some: `id <> 1 OR id <> 2`, `id <> ALL('{}')`
+    column = node.get("lexpr") if left else node.get("rexpr")
+    if not _pg_plain_column(column):
+        return False  # `id * 0 = 0`, `(id IS NOT NULL) = true`: the column is not compared itself
     value = node.get("rexpr") if left else node.get("lexpr")
     if kind == "AEXPR_DISTINCT" and isinstance(value, dict) and (value.get("A_Const") or {}).get("isnull"):
         return False  # IS DISTINCT FROM NULL: IS NOT NULL
@@ -160,8 +180,7 @@ def pg_narrows(where: Any, target: frozenset[str] | None = None) -> bool:
             return any(pg_narrows(a, target) for a in args)
         if op == "OR_EXPR":
             return bool(args) and all(pg_narrows(a, target) for a in args)
-        inner = args[0] if len(args) == 1 and isinstance(args[0], dict) else {}
-        return ("A_Expr" in inner or "ColumnRef" in inner) and pg_narrows(inner, target)
+        return False  # NOT x: every row but those x picks (`flag OR NOT flag`, `NOT (id = 5)`)
     if kind == "NullTest":
         refs = _pg_refs(node.get("arg"))
         return node.get("nulltesttype") == "IS_NULL" and len(refs) == 1 and _pg_counts(refs[0], target)
@@ -195,12 +214,7 @@ def my_narrows(where: Any, target: frozenset[str] | None = None) -> bool:
     if isinstance(where, exp.Or):
         return my_narrows(where.left, target) and my_narrows(where.right, target)
     if isinstance(where, exp.Not):
-        inner = where.this
-        while isinstance(inner, exp.Paren):
-            inner = inner.this
-        if isinstance(inner, exp.Is):
-            return False  # NOT (x IS NULL)
-        return isinstance(inner, (*_my_comparisons(), exp.Column)) and my_narrows(inner, target)
+        return False  # NOT x: every row but those x picks
     if isinstance(where, exp.Is):
         refs = _my_refs(where.this)
         return isinstance(where.expression, exp.Null) and len(refs) == 1 and _my_counts(refs[0], target)
@@ -225,19 +239,29 @@ def _my_comparison_narrows(node: Any, target: frozenset[str] | None) -> bool:
     from sqlglot import exp
 
     left, right = _my_refs(node.left), _my_refs(node.right)
-    if bool(left) == bool(right):
-        return False
+    if bool(left) == bool(right) or isinstance(node, exp.NEQ):
+        return False  # no column, a column against a column, or `<>`: every row but some
     column_side = left or right
     if len(column_side) != 1 or not _my_counts(column_side[0], target):
         return False
+    if not _my_plain_column(node.left if left else node.right):
+        return False  # `id * 0 = 0`, `(id IS NULL) = false`
     value = node.right if left else node.left
-    if isinstance(node, exp.NEQ) and isinstance(value, exp.Null):
-        return False
     for sub in value.find_all(exp.Subquery):
         query = sub.this
         if not isinstance(node, exp.EQ) or not isinstance(query, exp.Select) or not (query.args.get("from_") or query.args.get("from")):
             return False  # a range against a scalar subquery, or a FROM-less (correlated) one
     return True
+
+
+def _my_plain_column(node: Any) -> bool:
+    from sqlglot import exp
+
+    while isinstance(node, (exp.Paren, exp.Cast)):
+        node = node.this
+    if isinstance(node, exp.Column):
+        return True
+    return isinstance(node, exp.Func) and not isinstance(node, (exp.Binary, exp.Predicate)) and len(_my_refs(node)) == 1
 
 
 def _my_refs(node: Any) -> list:

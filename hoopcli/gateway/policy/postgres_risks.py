@@ -64,7 +64,12 @@ _RISKY_FUNCTIONS: dict[str, tuple[str, ...]] = {
          "pg_wal_replay_pause", "pg_wal_replay_resume"),
         ("admin",),
     ),
-    **dict.fromkeys(("lo_unlink", "lo_truncate", "lo_truncate64"), ("drop",)),
+    **dict.fromkeys(("lo_unlink", "lo_truncate", "lo_truncate64", "lo_put", "lowrite"), ("drop",)),
+    # a logical slot's pending changes, which a CDC or audit consumer reads, thrown away
+    **dict.fromkeys(("pg_logical_slot_get_changes", "pg_logical_slot_get_binary_changes",
+                     "pg_replication_slot_advance", "pg_replication_origin_session_setup",
+                     "pg_replication_origin_advance", "setval"), ("admin",)),
+    "pg_background_launch": ("dynamic_sql",),
     "dblink_connect": ("dynamic_sql",),  # a connection to another database, past a pinned one
     "dblink_connect_u": ("dynamic_sql",),
     # pg_stat_statements and the statistics views are a record of what ran
@@ -105,7 +110,7 @@ _NOTHING = RiskScan(False, False)
 def pg_risk_scan(tree_json: str) -> RiskScan:
     names = _SVAL.findall(tree_json)
     literal_dependent = "client_encoding" in tree_json or "set_config" in names
-    found = literal_dependent or not _MARKED_CALLS.isdisjoint(names)
+    found = literal_dependent or "transaction_read_only" in tree_json or not _MARKED_CALLS.isdisjoint(names)
     if not found and ("Create" in tree_json or "Alter" in tree_json or "Rule" in tree_json
                       or "Define" in tree_json or "VariableSet" in tree_json):
         found = not _MARKED_NODES.isdisjoint(_NODE.findall(tree_json))
@@ -132,14 +137,14 @@ def _string_const(node: Any) -> str | None:
 _SAFETY_SETTINGS = frozenset({"session_replication_role", "log_statement", "log_min_duration_statement",
                               "log_duration", "log_min_error_statement", "log_min_messages",
                               # a role's read-only default is the admin's safety, not the session's
-                              "default_transaction_read_only", "transaction_read_only", "session characteristics"})
+                              "default_transaction_read_only", "transaction_read_only"})
 # Settings that change whose privileges the session has.
 _IDENTITY_SETTINGS = frozenset({"role", "session_authorization"})
 
 
 def _safety_setting(name: str) -> bool:
     name = name.lower()
-    return name in _SAFETY_SETTINGS or name.startswith("pgaudit.")
+    return name in _SAFETY_SETTINGS or name.startswith(("pgaudit.", "pg_stat_statements.", "auto_explain."))
 
 
 def _set_statement_is_unsafe(fields: dict) -> bool:
@@ -172,6 +177,8 @@ def _call_categories(fields: dict, out: set[str]) -> None:
         setting = _string_const(args[0]) if args else None
         if setting is not None and _safety_setting(setting):
             out.add("safety_off")
+        if setting is not None and setting.lower() in _IDENTITY_SETTINGS:
+            out.add("grant")  # set_config('role', …) is SET ROLE
         return
     out.update(_RISKY_FUNCTIONS.get(name, ()))
 
@@ -207,6 +214,10 @@ def pg_walk_risks(node: Any, out: set[str]) -> None:
                         name = (part.get("String") or {}).get("sval") if isinstance(part, dict) else None
                         if isinstance(name, str):
                             out.update(_RISKY_FUNCTIONS.get(name.lower(), ()))
+                elif key == "DefElem" and value.get("defname") == "transaction_read_only":
+                    flag = (value.get("arg") or {}).get("A_Const") or {}
+                    if not (flag.get("ival") or {}).get("ival"):
+                        out.add("safety_off")  # BEGIN / SET TRANSACTION READ WRITE: past a read-only default
                 elif key == "VariableSetStmt":
                     if _set_statement_is_unsafe(value):
                         out.add("encoding")

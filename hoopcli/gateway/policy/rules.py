@@ -35,6 +35,8 @@ MAX_JUDGED_CHARS = 256 * 1024  # ~0.1 s of pglast; larger statements are not par
 ALWAYS_DENIED = {
     "encoding": "encoding: this character set is not supported through the gateway (its multibyte characters "
     "can hide quotes); use UTF8 / utf8mb4",
+    "sql_mode": "sql_mode: this mode changes how the server reads later statements (ANSI_QUOTES, "
+    "PIPES_AS_CONCAT, NO_BACKSLASH_ESCAPES, IGNORE_SPACE, HIGH_NOT_PRECEDENCE, ANSI, ORACLE, …); keep the others",
 }
 
 _MEMO_SIZE = 1024  # decisions remembered per policy (per parts object and subject)
