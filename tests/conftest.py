@@ -8,6 +8,7 @@ pytest_plugins = [
     "tests.support.oidc",
     "tests.support.pg",
     "tests.support.mariadb",
+    "tests.support.mysql_wire",  # the `split` fixture of the MySQL engine tests
     "tests.support.gateway",
     "tests.support.openbao",
     "tests.support.moto_sts",

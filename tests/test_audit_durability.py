@@ -27,30 +27,14 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import HOOP, subprocess_env
-from tests.support.gateway import start_gateway
+from tests.support.gateway import single_db_config, start_gateway
 
 TABLE = "durability_hits"
 INSERT = re.compile(rf"^insert into {TABLE} values \((\d+)\);?$")
 
 
 def durability_config(issuer: str, pg_port: int, level: str = "process") -> str:
-    return f"""
-[gateway]
-listen = "127.0.0.1:0"
-audit_store = "audit.db"
-durability = "{level}"
-
-[[issuers]]
-issuer = "{issuer}"
-audiences = ["hoop-cli"]
-
-[connections.app-db]
-protocol = "postgres"
-target = "127.0.0.1:{pg_port}"
-groups = ["dba"]
-database = "app"
-credentials = {{ broker = "none", user = "app_user" }}
-"""
+    return single_db_config(issuer, pg_port, gateway_extra=f'durability = "{level}"\n')
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ import pytest
 
 from hoopcli.gateway.audit.writer import STALL_SECONDS
 from tests.support.cli import HOOP, subprocess_env
-from tests.support.gateway import start_gateway
+from tests.support.gateway import single_db_config, start_gateway
 from tests.support.pg import _bindir, _Cluster, _free_port
 
 TABLE = "stall_hits"
@@ -158,23 +158,8 @@ def test_a_stalled_store_stops_forwarding_in_bounded_time_and_loses_nothing(
     token = oidc_provider.device_login("alice")["id_token"]
     workdir = tmp_path / "gw"
     workdir.mkdir()
-    config = f"""
-[gateway]
-listen = "127.0.0.1:0"
-audit_store = "{store_url}"
-journal_dir = "{workdir / 'journal'}"
-
-[[issuers]]
-issuer = "{oidc_provider.issuer}"
-audiences = ["hoop-cli"]
-
-[connections.app-db]
-protocol = "postgres"
-target = "127.0.0.1:{pg_server.port}"
-groups = ["dba"]
-database = "app"
-credentials = {{ broker = "none", user = "app_user" }}
-"""
+    config = single_db_config(oidc_provider.issuer, pg_server.port, audit_store=store_url,
+                              gateway_extra=f'journal_dir = "{workdir / "journal"}"\n')
     with start_gateway(config, workdir) as gw:
         procs = start_streams(gw, token, pg_server, tmp_path / "home")
         stopped: list[int] = []

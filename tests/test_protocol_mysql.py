@@ -30,7 +30,6 @@ from tests.support.mysql_wire import (
     DEPRECATE_EOF,
     MORE_RESULTS,
     SECRET,
-    SPLITS,
     USED,
     USED_ERR,
     Conv,
@@ -53,12 +52,6 @@ from tests.support.mysql_wire import (
     split_random,
     split_whole,
 )
-
-
-@pytest.fixture(params=list(SPLITS))
-def split(request):
-    """Each conversation fed whole, one byte at a time, and in random pieces."""
-    return SPLITS[request.param]
 
 
 # Packet builders, the three ways of feeding and Conv live in tests/support/mysql_wire.py.

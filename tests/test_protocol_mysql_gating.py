@@ -17,7 +17,6 @@ from hoopcli.gateway.protocols.base import (
 )
 from hoopcli.gateway.protocols.mysql import GRANT_USED_MESSAGE, MySQLEngine, err_packet
 from tests.support.mysql_wire import (
-    SPLITS,
     USED,
     USED_ERR,
     Conv,
@@ -39,12 +38,6 @@ from tests.support.mysql_wire import (
     split_random,
     split_whole,
 )
-
-
-@pytest.fixture(params=list(SPLITS))
-def split(request):
-    """Each conversation fed whole, one byte at a time, and in random pieces."""
-    return SPLITS[request.param]
 
 
 # ---- gating ----------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ from tests.support.mysql_wire import (
     LENENC_AUTH,
     SECRET,
     SERVER_CAPS,
-    SPLITS,
     SSL,
     Conv,
     clear_caps,
@@ -38,12 +37,6 @@ from tests.support.mysql_wire import (
     resultset,
     split_whole,
 )
-
-
-@pytest.fixture(params=list(SPLITS))
-def split(request):
-    """Each conversation fed whole, one byte at a time, and in random pieces."""
-    return SPLITS[request.param]
 
 
 # ---- handshake and login ---------------------------------------------------------------------

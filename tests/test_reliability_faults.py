@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import HOOP, run_subprocess, subprocess_env
-from tests.support.gateway import BARRIER_PREFIX, start_gateway
+from tests.support.gateway import BARRIER_PREFIX, single_db_config, start_gateway
 
 
 def _closed_port() -> int:
@@ -30,22 +30,7 @@ def _closed_port() -> int:
 
 
 def fault_config(issuer: str, pg_port: int, dead_port: int) -> str:
-    return f"""
-[gateway]
-listen = "127.0.0.1:0"
-audit_store = "audit.db"
-
-[[issuers]]
-issuer = "{issuer}"
-audiences = ["hoop-cli"]
-
-[connections.app-db]
-protocol = "postgres"
-target = "127.0.0.1:{pg_port}"
-groups = ["dba"]
-database = "app"
-credentials = {{ broker = "none", user = "app_user" }}
-
+    return single_db_config(issuer, pg_port) + f"""
 [connections.dead-db]
 protocol = "postgres"
 target = "127.0.0.1:{dead_port}"

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import HOOP, run_subprocess, subprocess_env
-from tests.support.gateway import start_gateway
+from tests.support.gateway import single_db_config, start_gateway
 
 SESSIONS = 50
 STATEMENTS = 200
@@ -34,22 +34,7 @@ RSS_SLACK_MB = 30
 @pytest.fixture(scope="module")
 def load_gateway(oidc_provider, pg_server, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("load-gateway")
-    config = f"""
-[gateway]
-listen = "127.0.0.1:0"
-audit_store = "audit.db"
-
-[[issuers]]
-issuer = "{oidc_provider.issuer}"
-audiences = ["hoop-cli"]
-
-[connections.app-db]
-protocol = "postgres"
-target = "127.0.0.1:{pg_server.port}"
-groups = ["dba"]
-database = "app"
-credentials = {{ broker = "none", user = "app_user" }}
-"""
+    config = single_db_config(oidc_provider.issuer, pg_server.port)
     with start_gateway(config, workdir) as gw:
         yield gw
 

@@ -208,6 +208,27 @@ policy = "default"
     return text
 
 
+def single_db_config(issuer: str, pg_port: int, *, audit_store: str = "audit.db", gateway_extra: str = "") -> str:
+    """The smallest gateway.toml for one issuer and the `app-db` connection (record only) to the
+    test PostgreSQL; `gateway_extra` adds lines to [gateway] (durability, journal_dir, …)."""
+    return f"""
+[gateway]
+listen = "127.0.0.1:0"
+audit_store = "{audit_store}"
+{gateway_extra}
+[[issuers]]
+issuer = "{issuer}"
+audiences = ["hoop-cli"]
+
+[connections.app-db]
+protocol = "postgres"
+target = "127.0.0.1:{pg_port}"
+groups = ["dba"]
+database = "app"
+credentials = {{ broker = "none", user = "app_user" }}
+"""
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -6,6 +6,8 @@ Used by the tests/test_protocol_mysql*.py files. Every conversation can be fed t
 
 from __future__ import annotations
 
+import pytest
+
 import random
 
 from hoopcli.gateway.protocols.base import ALLOW, Output, SessionStarted, Verdict
@@ -166,6 +168,13 @@ def split_random(data: bytes, seed: int = 7) -> list[bytes]:
 
 
 SPLITS = {"whole": split_whole, "bytes": split_bytes, "random": split_random}
+
+
+@pytest.fixture(params=list(SPLITS))
+def split(request):
+    """Each conversation fed whole, one byte at a time, and in random pieces (a plugin of
+    tests/conftest.py, so every test module has it)."""
+    return SPLITS[request.param]
 
 
 class Conv:

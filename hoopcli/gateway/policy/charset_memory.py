@@ -46,6 +46,8 @@ class SavedCharsets:
     def judged_text(self, text: str) -> str:
         """What the policy judges: a restore from a remembered variable reads as one from a
         safe literal; everything else is judged as it is."""
+        if not self._safe or "@" not in text:
+            return text  # nothing saved, or no variable to restore from: the common case, on the relay
         m = _RESTORE.fullmatch(text)
         if m is None or m.group(4).lower() not in self._safe:
             return text

@@ -179,32 +179,35 @@ def _login_names(payload: bytes, caps: int) -> tuple[bytes, bytes]:
     if caps & CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA:
         n, pos = _lenenc(payload, pos)
         pos += n
-    elif caps & CLIENT_SECURE_CONNECTION:
-        if pos >= len(payload):
+        if pos > len(payload):
             raise _Malformed("truncated handshake response")
-        pos += 1 + payload[pos]
     else:
-        _, pos = _cstring(payload, pos)
-    if pos > len(payload):
-        raise _Malformed("truncated handshake response")
+        pos = _skip_auth_response(payload, pos, caps, "handshake response")
     database = b""
     if caps & CLIENT_CONNECT_WITH_DB and pos < len(payload):
         database, pos = _cstring(payload, pos)
     return user, database
 
 
-def _change_user_fields(payload: bytes, caps: int) -> tuple[bytes, bytes, int | None]:
-    """User, database and collation id (None when absent) of COM_CHANGE_USER, read as MariaDB
-    and MySQL read them: the collation is there when two bytes follow the database."""
-    user, pos = _cstring(payload, 1)
+def _skip_auth_response(payload: bytes, pos: int, caps: int, what: str) -> int:
+    """Past the auth response at `pos`: one length byte then the data (CLIENT_SECURE_CONNECTION),
+    or a NUL-terminated string."""
     if caps & CLIENT_SECURE_CONNECTION:
         if pos >= len(payload):
-            raise _Malformed("truncated COM_CHANGE_USER")
+            raise _Malformed(f"truncated {what}")
         pos += 1 + payload[pos]
     else:
         _, pos = _cstring(payload, pos)
     if pos > len(payload):
-        raise _Malformed("truncated COM_CHANGE_USER")
+        raise _Malformed(f"truncated {what}")
+    return pos
+
+
+def _change_user_fields(payload: bytes, caps: int) -> tuple[bytes, bytes, int | None]:
+    """User, database and collation id (None when absent) of COM_CHANGE_USER, read as MariaDB
+    and MySQL read them: the collation is there when two bytes follow the database."""
+    user, pos = _cstring(payload, 1)
+    pos = _skip_auth_response(payload, pos, caps, "COM_CHANGE_USER")
     database, pos = _cstring(payload, pos)
     collation = int.from_bytes(payload[pos : pos + 2], "little") if pos + 2 <= len(payload) else None
     return user, database, collation
